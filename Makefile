@@ -1,0 +1,41 @@
+# QuantMimic developer commands. `make test` sets everything up on first use (see README).
+VENV ?= .venv
+# Set VENV_ARGS=--system-site-packages to reuse a torch/detectron2 that is installed system-wide.
+VENV_ARGS ?=
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.quantmimic-installed
+PYTEST_ARGS ?=
+SRC := projects/QuantMimic/quant_mimic tests tools train_net.py datasets
+
+.PHONY: install test test-fast lint format clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
+
+# Re-run the installer when its inputs change; it is idempotent and skips what is present.
+$(STAMP): pyproject.toml tools/install_deps.sh | $(PY)
+	bash tools/install_deps.sh $(PY)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Whole suite, serially (as detectron2's CI), with the slowest tests listed.
+test: install
+	$(PY) -m pytest tests -q --durations=10 $(PYTEST_ARGS)
+
+# Everything except the end-to-end runs marked slow.
+test-fast: install
+	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m black --check $(SRC)
+	$(PY) -m isort --check-only $(SRC)
+	$(PY) -m flake8 $(SRC)
+
+format: install
+	$(PY) -m isort $(SRC)
+	$(PY) -m black $(SRC)
+
+clean:
+	rm -rf $(VENV) build *.egg-info projects/QuantMimic/*.egg-info

@@ -1,0 +1,96 @@
+"""Training entry points: config setup and a ``DefaultTrainer`` for QuantMimic models."""
+import logging
+import os
+import weakref
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, get_cfg
+from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
+from detectron2.engine.train_loop import AMPTrainer, TrainerBase
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import build_model
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from .config import add_quantmimic_config
+
+__all__ = ["setup_cfg", "Trainer"]
+
+logger = logging.getLogger(__name__)
+
+
+def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
+    """
+    Build a frozen config from detectron2's defaults, QuantMimic's keys, a yaml file and overrides.
+    With ``args`` (from ``default_argument_parser``), also runs detectron2's ``default_setup``.
+    """
+    cfg = get_cfg()
+    add_quantmimic_config(cfg)
+    if config_file:
+        cfg.merge_from_file(config_file)
+    cfg.merge_from_list(list(opts))
+    cfg.freeze()
+    if args is not None:
+        default_setup(cfg, args)
+    return cfg
+
+
+class Trainer(DefaultTrainer):
+    """
+    detectron2's ``DefaultTrainer`` with three changes:
+
+    * the evaluator follows the test dataset's ``evaluator_type`` ("pascal_voc", "coco",
+      "widerface");
+    * models with a teacher (``MimicRCNN``) load it, strictly, when built for training;
+    * on CPU, DDP is created with ``device_ids=None`` (detectron2 passes the local rank, which
+      raises for CPU modules), so multi-process gloo runs go through the real trainer path.
+    """
+
+    def __init__(self, cfg: CfgNode):
+        # Same steps, in the same order, as DefaultTrainer.__init__; only the DDP wrapping differs.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        ddp_kwargs = {"broadcast_buffers": False}
+        if not next(model.parameters()).is_cuda:
+            ddp_kwargs["device_ids"] = None
+        model = create_ddp_model(model, **ddp_kwargs)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
+            model, data_loader, optimizer
+        )
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    @classmethod
+    def build_model(cls, cfg: CfgNode, load_teacher: bool = True) -> torch.nn.Module:
+        """Build the model; a model with a teacher loads ``MODEL.MIMIC.TEACHER.WEIGHTS`` strictly."""
+        model = build_model(cfg)
+        if load_teacher and hasattr(model, "load_teacher"):
+            model.load_teacher()
+        return model
+
+    @classmethod
+    def build_evaluator(cls, cfg: CfgNode, dataset_name: str, output_folder: str = None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        if evaluator_type == "coco":
+            return COCOEvaluator(dataset_name, output_dir=output_folder)
+        if evaluator_type == "widerface":
+            from .evaluation import WiderFaceEvaluator
+
+            return WiderFaceEvaluator(dataset_name, output_dir=output_folder)
+        raise ValueError(f"Unknown evaluator_type {evaluator_type!r} of dataset {dataset_name!r}")

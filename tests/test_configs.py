@@ -1,0 +1,65 @@
+"""Every config under configs/ merges strictly, builds on CPU without weights, trains and infers."""
+import os
+import unittest
+
+import torch
+import yaml
+
+from detectron2.config import get_cfg
+
+from quant_mimic import add_quantmimic_config
+
+from .common import all_config_files, build_model_no_weights, get_config, random_inputs, train_step
+
+
+class TestConfigKeys(unittest.TestCase):
+    def test_every_new_key_is_commented(self):
+        path = os.path.join(os.path.dirname(__file__), "..", "projects", "QuantMimic", "quant_mimic", "config.py")
+        lines = open(path).read().splitlines()
+        for i, line in enumerate(lines):
+            if line.strip().startswith("_C.MODEL.") and "=" in line and "CN()" not in line:
+                self.assertTrue(lines[i - 1].strip().startswith("#"), f"uncommented key: {line}")
+
+    def test_strict_merge(self):
+        cfg = get_cfg()
+        add_quantmimic_config(cfg)
+        with self.assertRaises(AssertionError):  # a typo is an error, not a silent new key
+            cfg.merge_from_list(["MODEL.QUANTIZATION.STRIED", 1.0])
+        cfg.merge_from_list(["MODEL.QUANTIZATION.STRIDE", 0.5])
+        self.assertEqual(cfg.MODEL.QUANTIZATION.STRIDE, 0.5)
+        self.assertFalse(cfg.is_new_allowed())
+
+    def test_base_paths_stay_in_repo(self):
+        root = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "configs"))
+        for f in all_config_files(include_base=True):
+            base = yaml.safe_load(open(f)).get("_BASE_")
+            if base:
+                target = os.path.abspath(os.path.join(os.path.dirname(f), base))
+                self.assertTrue(target.startswith(root) and os.path.isfile(target), (f, base))
+
+
+class TestAllConfigsBuildAndRun(unittest.TestCase):
+    def test_every_config(self):
+        files = all_config_files()
+        self.assertGreater(len(files), 3)
+        for f in files:
+            with self.subTest(config=os.path.relpath(f)):
+                cfg = get_config(f)
+                model = build_model_no_weights(cfg)
+                # odd size, and an image with no ground truth
+                losses = train_step(model, random_inputs(cfg, num_boxes=(3, 0)))
+                self.assertTrue(all(k.startswith("loss_") for k in losses), list(losses))
+                for k, v in losses.items():
+                    self.assertTrue(torch.isfinite(v).all(), (k, v))
+                model.eval()
+                with torch.no_grad():
+                    out = model(random_inputs(cfg, sizes=((200, 249),), num_boxes=(0,)))
+                inst = out[0]["instances"]
+                self.assertEqual(inst.image_size, (200, 249))
+                if len(inst):
+                    b = inst.pred_boxes.tensor
+                    self.assertTrue((b[:, 0] >= 0).all() and (b[:, 2] <= 249).all())
+
+
+if __name__ == "__main__":
+    unittest.main()
