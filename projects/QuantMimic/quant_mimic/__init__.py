@@ -5,6 +5,7 @@ Importing this package registers, once, every component with detectron2's regist
 from .config import add_quantmimic_config
 from .engine import Trainer, setup_cfg
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
+from .mimic_rcnn import MimicRCNN, mimic_loss
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
 from .vgg import VGG16, build_divided_vgg_backbone
 

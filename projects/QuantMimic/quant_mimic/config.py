@@ -54,3 +54,56 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.QUANTIZATION.CLIP = 0.0
     # Smallest exponent k of the power-of-2 code book s·2^k ("pow2" only); values ≤ s·2^(k-1) go to 0.
     _C.MODEL.QUANTIZATION.POW2_MIN_EXP = -8
+
+    # ---------------------------------------------------------------------------------------------
+    # Mimic learning (MimicRCNN, mimic_rcnn.py). Paper §3.2-3.3, eq. 4-6.
+    # ---------------------------------------------------------------------------------------------
+    _C.MODEL.MIMIC = CN()
+    _C.MODEL.MIMIC.TEACHER = CN()
+    # Config file of the teacher detector (a path in this repo, or absolute). It may itself use a
+    # quantized backbone (the paper's quantized teacher, §3.3).
+    _C.MODEL.MIMIC.TEACHER.CONFIG_FILE = ""
+    # Teacher checkpoint, loaded strictly when the model is built for training (Trainer.build_model).
+    # "" = random teacher (tests only; a warning is logged).
+    _C.MODEL.MIMIC.TEACHER.WEIGHTS = ""
+    # Student feature maps to mimic; [] = MODEL.ROI_HEADS.IN_FEATURES ("the end of the feature
+    # extractor", §3.2).
+    _C.MODEL.MIMIC.STUDENT_FEATURES = []
+    # Teacher feature maps, paired one to one with STUDENT_FEATURES; [] = the teacher config's
+    # MODEL.ROI_HEADS.IN_FEATURES.
+    _C.MODEL.MIMIC.TEACHER_FEATURES = []
+    # N per image of eq. 5-6: the top-scoring proposals of the student's RPN after NMS (detached).
+    # Paper §3.5: 128 for Faster R-CNN, 2000 for R-FCN.
+    _C.MODEL.MIMIC.NUM_ROIS = 128
+    # Also mimic on the ground-truth boxes of each image (not in the paper).
+    _C.MODEL.MIMIC.ADD_GT_BOXES = False
+    # RoI feature extraction for f^i: "ROIPool" (the paper's Caffe RoI pooling, max), "ROIAlign",
+    # "ROIAlignV2".
+    _C.MODEL.MIMIC.POOLER_TYPE = "ROIPool"
+    # Output size S×S of the RoI features: 7 for Faster R-CNN, k = 3 for R-FCN (§3.5).
+    _C.MODEL.MIMIC.POOLER_RESOLUTION = 7
+    # Sampling ratio of ROIAlign poolers (0 = adaptive).
+    _C.MODEL.MIMIC.POOLER_SAMPLING_RATIO = 0
+    # r of eq. 5: "conv1x1" (student -> teacher channels, trained with the student, unused at
+    # inference) or "identity" (channels must match). Applied to the pooled student features.
+    _C.MODEL.MIMIC.ADAPTER = "conv1x1"
+    # Apply Q to the teacher's RoI features, Q(f_t^i) in eq. 6 (Table 4).
+    _C.MODEL.MIMIC.QUANTIZE_TEACHER = True
+    # Apply Q to the adapted student RoI features, Q(r(f_s^i)) in eq. 6 (Table 4). Both False = Li et
+    # al.'s mimic (eq. 5).
+    _C.MODEL.MIMIC.QUANTIZE_STUDENT = True
+    # Stride s of Q in the loss (eq. 2); the paper uses 1.
+    _C.MODEL.MIMIC.QUANT_STRIDE = 1.0
+    # Code book of Q in the loss: "uniform" or "pow2" (Table 6).
+    _C.MODEL.MIMIC.QUANT_METHOD = "uniform"
+    # λ of eq. 4 (paper: 0.1, 1, 10; Table 9). A float: write 10.0, not 10.
+    _C.MODEL.MIMIC.LOSS_WEIGHT = 1.0
+    # Linear warm-up of λ over this many iterations from START_ITER (0 = none).
+    _C.MODEL.MIMIC.WARMUP_ITERS = 0
+    # λ = 0 before this iteration.
+    _C.MODEL.MIMIC.START_ITER = 0
+    # λ = 0 from this iteration on; -1 = never stop.
+    _C.MODEL.MIMIC.STOP_ITER = -1
+    # Fig. 5 diagnostic: fraction of RoI entries with |f_t - f_s| above this (logged as
+    # mimic/mismatch_ratio).
+    _C.MODEL.MIMIC.MISMATCH_THRESHOLD = 0.3

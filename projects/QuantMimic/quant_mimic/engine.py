@@ -74,9 +74,12 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg: CfgNode, load_teacher: bool = True) -> torch.nn.Module:
-        """Build the model; a model with a teacher loads ``MODEL.MIMIC.TEACHER.WEIGHTS`` strictly."""
+        """
+        Build the model; a model with a teacher (MimicRCNN) loads ``MODEL.MIMIC.TEACHER.WEIGHTS``
+        strictly, unless it is "" (random teacher, for tests).
+        """
         model = build_model(cfg)
-        if load_teacher and hasattr(model, "load_teacher"):
+        if load_teacher and getattr(model, "teacher_weights", ""):
             model.load_teacher()
         return model
 

@@ -1,0 +1,390 @@
+"""MimicRCNN: a student detector trained to mimic a frozen, optionally quantized teacher on RoIs.
+
+Paper §3.2-3.3, Fig. 1. The student minimises
+
+    L = L_cls^rpn + L_reg^rpn + L_cls^det + L_reg^det + λ·L_m                      (eq. 4)
+    L_m = 1/(2N) Σ_i ‖Q(f_t^i) − Q(r(f_s^i))‖²₂                                    (eq. 6)
+
+where f_t^i, f_s^i are the features of the i-th of N region proposals pooled from the teacher's and
+the student's feature maps at the end of their feature extractors, r is an adapter from student to
+teacher channels and Q the quantizer of eq. 1-2. Without Q this is Li et al.'s mimic (eq. 5).
+"""
+import logging
+import os
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode, configurable, get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import get_event_storage
+
+from .config import add_quantmimic_config
+from .quantization import quantize
+
+__all__ = ["mimic_loss", "MimicRCNN", "build_teacher_cfg", "load_teacher_strict"]
+
+logger = logging.getLogger(__name__)
+
+_REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+
+
+def mimic_loss(
+    teacher_feats: torch.Tensor,
+    student_feats: torch.Tensor,
+    *,
+    quantize_teacher: bool = True,
+    quantize_student: bool = True,
+    stride: float = 1.0,
+    method: str = "uniform",
+    mismatch_threshold: float = 0.3,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """
+    The mimic loss of eq. 6 (eq. 5 when both switches are off).
+
+    Args:
+        teacher_feats (Tensor): f_t, shape (N, C, S, S), the teacher's RoI features (no grad).
+        student_feats (Tensor): r(f_s), shape (N, C, S, S), the adapted student RoI features.
+        quantize_teacher / quantize_student (bool): apply Q to the teacher / student side.
+        stride, method: Q's code book (see :func:`quantize`).
+        mismatch_threshold (float): threshold of the Fig. 5 mismatch ratio.
+
+    Returns:
+        (Tensor, Tensor): L_m = 1/(2N) Σ_i ‖·‖²₂ (a scalar; 0 with gradient if N = 0), and the mean
+        over RoIs of the fraction of entries with |f_t − f_s| > threshold (Fig. 5), without grad.
+    """
+    assert teacher_feats.shape == student_feats.shape, (
+        f"Teacher RoI features {tuple(teacher_feats.shape)} and adapted student RoI features "
+        f"{tuple(student_feats.shape)} differ: check MODEL.MIMIC.ADAPTER and the feature names"
+    )
+    n = teacher_feats.shape[0]
+    if n == 0:
+        zero = student_feats.sum() * 0.0
+        return zero, zero.detach()
+    t = quantize(teacher_feats, stride, method) if quantize_teacher else teacher_feats
+    s = quantize(student_feats, stride, method) if quantize_student else student_feats
+    diff = t - s
+    loss = diff.pow(2).sum() / (2.0 * n)
+    with torch.no_grad():
+        mismatch = (diff.abs() > mismatch_threshold).flatten(1).float().mean(dim=1).mean()
+    return loss, mismatch
+
+
+def _resolve(path: str) -> str:
+    if not path or os.path.isabs(path) or os.path.exists(path) or "://" in path:
+        return path
+    in_repo = os.path.join(_REPO_ROOT, path)
+    return in_repo if os.path.exists(in_repo) else path
+
+
+def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
+    """The teacher's config: detectron2 + QuantMimic defaults, ``MODEL.MIMIC.TEACHER.CONFIG_FILE``."""
+    path = _resolve(cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE)
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"MODEL.MIMIC.TEACHER.CONFIG_FILE not found: {path!r}")
+    tcfg = get_cfg()
+    add_quantmimic_config(tcfg)
+    tcfg.merge_from_file(path)
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    tcfg.MODEL.WEIGHTS = ""
+    tcfg.freeze()
+    return tcfg
+
+
+class _RecordingCheckpointer(DetectionCheckpointer):
+    """Keeps the result of fvcore's lenient ``_load_model`` so that the caller can be strict."""
+
+    def _load_model(self, checkpoint):
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def load_teacher_strict(teacher: nn.Module, path: str) -> None:
+    """
+    Load a checkpoint into the teacher and fail, naming the file and the keys, unless every tensor
+    of the teacher is loaded with the right shape and the file holds no other model tensor.
+    (detectron2/fvcore only warn on such mismatches and go on with random weights.)
+    """
+    path = _resolve(path)
+    checkpointer = _RecordingCheckpointer(teacher)
+    local = checkpointer.path_manager.get_local_path(path) if path else path
+    if not path or not os.path.isfile(local):
+        raise FileNotFoundError(f"Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS not found: {path!r}")
+    checkpointer.load(local, checkpointables=[])
+    incompatible = checkpointer.incompatible
+    problems = []
+    if incompatible.incorrect_shapes:
+        problems.append(
+            "shape mismatch: "
+            + ", ".join(f"{k} {tuple(a)} in file vs {tuple(b)} in model" for k, a, b in incompatible.incorrect_shapes)
+        )
+    if incompatible.missing_keys:
+        problems.append(f"missing in file: {sorted(incompatible.missing_keys)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"not in teacher model: {sorted(incompatible.unexpected_keys)}")
+    if problems:
+        raise RuntimeError(
+            f"Teacher checkpoint {path} does not match MODEL.MIMIC.TEACHER.CONFIG_FILE: "
+            + "; ".join(problems)
+        )
+    logger.info(f"Loaded teacher weights from {path}")
+
+
+@META_ARCH_REGISTRY.register()
+class MimicRCNN(GeneralizedRCNN):
+    """
+    A :class:`GeneralizedRCNN` student (any backbone, RPN and ROI head) trained with the RoI mimic
+    loss against a frozen teacher (paper §3.2-3.3).
+
+    The teacher is built from its own config file, loaded (strictly) by :meth:`load_teacher`, kept in
+    eval mode, run under ``no_grad`` and only up to its backbone. It is *not* a submodule: it is not
+    in ``state_dict()`` (so never in checkpoints), not in the optimizer, not wrapped by DDP, and not
+    switched to train mode by ``model.train()``; it follows the student's device (``.to()``).
+    The adapters r are submodules (in the student's checkpoint) and unused at inference, which is
+    exactly the student's.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher: GeneralizedRCNN,
+        teacher_weights: str = "",
+        student_features: List[str],
+        teacher_features: List[str],
+        adapters: nn.ModuleList,
+        student_poolers: List[ROIPooler],
+        teacher_poolers: List[ROIPooler],
+        num_rois: int = 128,
+        add_gt_boxes: bool = False,
+        quantize_teacher: bool = True,
+        quantize_student: bool = True,
+        quant_stride: float = 1.0,
+        quant_method: str = "uniform",
+        loss_weight: float = 1.0,
+        warmup_iters: int = 0,
+        start_iter: int = 0,
+        stop_iter: int = -1,
+        mismatch_threshold: float = 0.3,
+        **kwargs,
+    ):
+        """
+        Args:
+            teacher (GeneralizedRCNN): the teacher detector (only its backbone runs).
+            teacher_weights (str): checkpoint of the teacher, loaded by :meth:`load_teacher`.
+            student_features / teacher_features (list[str]): the paired feature maps to mimic.
+            adapters (nn.ModuleList): r for each pair, mapping student RoI features to the teacher's
+                channels.
+            student_poolers / teacher_poolers (list[ROIPooler]): one per pair (own stride each).
+            num_rois (int): N per image: the top-scoring RPN proposals after NMS.
+            add_gt_boxes (bool): also mimic on the ground-truth boxes.
+            quantize_teacher / quantize_student, quant_stride, quant_method: Q of eq. 6.
+            loss_weight (float): λ of eq. 4.
+            warmup_iters (int): λ ramps linearly from 0 over this many iterations after start_iter.
+            start_iter / stop_iter (int): λ = 0 before start_iter and from stop_iter on (-1: never).
+            mismatch_threshold (float): Fig. 5 diagnostic threshold.
+            kwargs: :class:`GeneralizedRCNN` arguments of the student.
+        """
+        super().__init__(**kwargs)
+        assert len(student_features) == len(teacher_features) == len(adapters), (
+            "MODEL.MIMIC.STUDENT_FEATURES and TEACHER_FEATURES must pair up one to one"
+        )
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        # Not registered as a submodule on purpose (see class docstring).
+        object.__setattr__(self, "_teacher", teacher)
+        self.teacher_weights = teacher_weights
+        self.teacher_loaded = False
+        self._warned_random_teacher = False
+        self.student_features = list(student_features)
+        self.teacher_features = list(teacher_features)
+        self.mimic_adapters = adapters
+        # Poolers hold no parameters; a plain list keeps them out of the state_dict.
+        self.student_poolers = list(student_poolers)
+        self.teacher_poolers = list(teacher_poolers)
+        self.num_rois = num_rois
+        self.add_gt_boxes = add_gt_boxes
+        self.quantize_teacher = quantize_teacher
+        self.quantize_student = quantize_student
+        self.quant_stride = quant_stride
+        self.quant_method = quant_method
+        self.loss_weight = loss_weight
+        self.warmup_iters = warmup_iters
+        self.start_iter = start_iter
+        self.stop_iter = stop_iter
+        self.mismatch_threshold = mismatch_threshold
+        quantize(torch.zeros(1), quant_stride, quant_method)  # validate early
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode):
+        ret = super().from_config(cfg)
+        m = cfg.MODEL.MIMIC
+        tcfg = build_teacher_cfg(cfg)
+        assert tcfg.MODEL.META_ARCHITECTURE != "MimicRCNN", "A MimicRCNN cannot be a teacher"
+        assert tcfg.INPUT.FORMAT == cfg.INPUT.FORMAT, (
+            f"Teacher INPUT.FORMAT {tcfg.INPUT.FORMAT} != student {cfg.INPUT.FORMAT}: both read the same images"
+        )
+        teacher = build_model(tcfg)
+        s_shapes = ret["backbone"].output_shape()
+        t_shapes = teacher.backbone.output_shape()
+        s_names = list(m.STUDENT_FEATURES) or list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+        t_names = list(m.TEACHER_FEATURES) or list(tcfg.MODEL.ROI_HEADS.IN_FEATURES)
+        for names, shapes, who in ((s_names, s_shapes, "student"), (t_names, t_shapes, "teacher")):
+            missing = [n for n in names if n not in shapes]
+            assert not missing, f"Mimic features {missing} are not {who} backbone outputs {list(shapes)}"
+        adapters, s_poolers, t_poolers = [], [], []
+        for s_name, t_name in zip(s_names, t_names):
+            cs, ct = s_shapes[s_name].channels, t_shapes[t_name].channels
+            if m.ADAPTER == "conv1x1":
+                adapter = nn.Conv2d(cs, ct, kernel_size=1)
+                nn.init.normal_(adapter.weight, std=0.01)
+                nn.init.zeros_(adapter.bias)
+            elif m.ADAPTER == "identity":
+                assert cs == ct, f"ADAPTER 'identity' needs equal channels, got student {cs}, teacher {ct}"
+                adapter = nn.Identity()
+            else:
+                raise ValueError(f"Unknown MODEL.MIMIC.ADAPTER: {m.ADAPTER}")
+            adapters.append(adapter)
+            for shapes, name, poolers in ((s_shapes, s_name, s_poolers), (t_shapes, t_name, t_poolers)):
+                poolers.append(
+                    ROIPooler(
+                        output_size=m.POOLER_RESOLUTION,
+                        scales=(1.0 / shapes[name].stride,),
+                        sampling_ratio=m.POOLER_SAMPLING_RATIO,
+                        pooler_type=m.POOLER_TYPE,
+                    )
+                )
+        ret.update(
+            teacher=teacher,
+            teacher_weights=m.TEACHER.WEIGHTS,
+            student_features=s_names,
+            teacher_features=t_names,
+            adapters=nn.ModuleList(adapters),
+            student_poolers=s_poolers,
+            teacher_poolers=t_poolers,
+            num_rois=m.NUM_ROIS,
+            add_gt_boxes=m.ADD_GT_BOXES,
+            quantize_teacher=m.QUANTIZE_TEACHER,
+            quantize_student=m.QUANTIZE_STUDENT,
+            quant_stride=m.QUANT_STRIDE,
+            quant_method=m.QUANT_METHOD,
+            loss_weight=m.LOSS_WEIGHT,
+            warmup_iters=m.WARMUP_ITERS,
+            start_iter=m.START_ITER,
+            stop_iter=m.STOP_ITER,
+            mismatch_threshold=m.MISMATCH_THRESHOLD,
+        )
+        return ret
+
+    @property
+    def teacher(self) -> GeneralizedRCNN:
+        """The frozen teacher detector (not a submodule)."""
+        return self._teacher
+
+    def load_teacher(self, path: Optional[str] = None) -> None:
+        """Load the teacher's weights (default ``MODEL.MIMIC.TEACHER.WEIGHTS``), strictly."""
+        load_teacher_strict(self.teacher, path or self.teacher_weights)
+        self.teacher_loaded = True
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # BN statistics of the teacher never drift
+        return self
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)  # the teacher follows the student's device/dtype
+        return self
+
+    def current_loss_weight(self, iteration: int) -> float:
+        """λ at ``iteration``: 0 outside [START_ITER, STOP_ITER), linear warm-up after START_ITER."""
+        if iteration < self.start_iter or (0 <= self.stop_iter <= iteration):
+            return 0.0
+        if self.warmup_iters > 0:
+            return self.loss_weight * min(1.0, (iteration - self.start_iter + 1) / self.warmup_iters)
+        return self.loss_weight
+
+    def mimic_boxes(
+        self, proposals: List[Instances], gt_instances: Optional[List[Instances]]
+    ) -> List[Boxes]:
+        """The N boxes per image to mimic on: top ``num_rois`` RPN proposals (+ GT), detached."""
+        boxes = []
+        for i, p in enumerate(proposals):
+            # detectron2's RPN returns proposals after NMS sorted by objectness, computed without grad.
+            b = p.proposal_boxes.tensor[: self.num_rois].detach()
+            if self.add_gt_boxes and gt_instances is not None:
+                b = torch.cat([b, gt_instances[i].gt_boxes.tensor.to(b)], dim=0)
+            boxes.append(Boxes(b))
+        return boxes
+
+    def mimic_losses(self, batched_inputs, student_features, boxes: List[Boxes]) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            batched_inputs (list[dict]): the model inputs (the teacher preprocesses them itself).
+            student_features (dict[str->Tensor]): the student's backbone outputs.
+            boxes (list[Boxes]): per image, the N_j boxes in input-image coordinates.
+
+        Returns:
+            dict[str->Tensor]: {"loss_mimic": λ·L_m}; diagnostics go to the event storage.
+        """
+        with torch.no_grad():
+            t_images = self.teacher.preprocess_image(batched_inputs)
+            t_feats = self.teacher.backbone(t_images.tensor)
+        total = student_features[self.student_features[0]].sum() * 0.0
+        mismatches = []
+        for i, (s_name, t_name) in enumerate(zip(self.student_features, self.teacher_features)):
+            f_t = self.teacher_poolers[i]([t_feats[t_name]], boxes)
+            f_s = self.mimic_adapters[i](self.student_poolers[i]([student_features[s_name]], boxes))
+            loss, mismatch = mimic_loss(
+                f_t,
+                f_s,
+                quantize_teacher=self.quantize_teacher,
+                quantize_student=self.quantize_student,
+                stride=self.quant_stride,
+                method=self.quant_method,
+                mismatch_threshold=self.mismatch_threshold,
+            )
+            total = total + loss
+            mismatches.append(mismatch)
+        storage = get_event_storage()
+        weight = self.current_loss_weight(storage.iter)
+        storage.put_scalar("mimic/num_rois", float(sum(len(b) for b in boxes)))
+        storage.put_scalar("mimic/loss_unweighted", total.detach().item())
+        storage.put_scalar("mimic/mismatch_ratio", torch.stack(mismatches).mean().item())
+        storage.put_scalar("mimic/lambda", weight)
+        return {"loss_mimic": total * weight}
+
+    def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):
+        """
+        Training: the student's RPN and ROI-head losses plus ``loss_mimic`` (eq. 4).
+        Inference: exactly :meth:`GeneralizedRCNN.inference` of the student.
+        """
+        if not self.training:
+            return self.inference(batched_inputs)
+        if not self.teacher_loaded:
+            if self.teacher_weights:
+                raise RuntimeError(
+                    "MimicRCNN is training but its teacher is not loaded: call model.load_teacher() "
+                    "(quant_mimic.Trainer.build_model does) or set MODEL.MIMIC.TEACHER.WEIGHTS ''"
+                )
+            if not self._warned_random_teacher:
+                logger.warning("MODEL.MIMIC.TEACHER.WEIGHTS is empty: the teacher is randomly initialised")
+                self._warned_random_teacher = True
+        images = self.preprocess_image(batched_inputs)
+        gt_instances = None
+        if "instances" in batched_inputs[0]:
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+        features = self.backbone(images.tensor)
+        proposals, proposal_losses = self.proposal_generator(images, features, gt_instances)
+        boxes = self.mimic_boxes(proposals, gt_instances)
+        _, detector_losses = self.roi_heads(images, features, proposals, gt_instances)
+        losses = {}
+        losses.update(detector_losses)
+        losses.update(proposal_losses)
+        losses.update(self.mimic_losses(batched_inputs, features, boxes))
+        return losses
