@@ -7,6 +7,7 @@ from .engine import Trainer, setup_cfg
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
 from .mimic_rcnn import MimicRCNN, mimic_loss
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
+from .rfcn import RFCNROIHeads
 from .vgg import VGG16, build_divided_vgg_backbone
 
 __version__ = "0.1.0"

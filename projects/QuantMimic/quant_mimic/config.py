@@ -107,3 +107,27 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Fig. 5 diagnostic: fraction of RoI entries with |f_t - f_s| above this (logged as
     # mimic/mismatch_ratio).
     _C.MODEL.MIMIC.MISMATCH_THRESHOLD = 0.3
+
+    # ---------------------------------------------------------------------------------------------
+    # R-FCN head (RFCNROIHeads, rfcn.py): MODEL.ROI_HEADS.NAME = "RFCNROIHeads". It reads the one map
+    # in MODEL.ROI_HEADS.IN_FEATURES; class-agnostic boxes follow MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG
+    # and box regression weights/loss follow MODEL.ROI_BOX_HEAD as for Fast R-CNN.
+    # ---------------------------------------------------------------------------------------------
+    _C.MODEL.RFCN = CN()
+    # Channels of the 1×1 "conv_new" + ReLU before the score maps (py-R-FCN: 1024); 0 = none.
+    _C.MODEL.RFCN.CONV_NEW_DIM = 0
+    # k of the k×k position-sensitive bins (R-FCN paper: 7; Quantization Mimic, WIDER FACE: 3, §3.5).
+    _C.MODEL.RFCN.POOLER_RESOLUTION = 7
+    # "PSROIAlign" (torchvision ps_roi_align) or "PSROIPool" (ps_roi_pool, py-R-FCN's PSROIPooling).
+    _C.MODEL.RFCN.POOLER_TYPE = "PSROIAlign"
+    # Samples per bin side for PSROIAlign; 0 = adaptive (ceil(roi_size / k)).
+    _C.MODEL.RFCN.POOLER_SAMPLING_RATIO = 0
+    _C.MODEL.RFCN.OHEM = CN()
+    # Online hard example mining (Shrivastava et al.; used by the paper for R-FCN, §3.5): score all
+    # proposals, back-propagate the MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE (B) hardest per image.
+    _C.MODEL.RFCN.OHEM.ENABLED = False
+    # Proposals per image scored by OHEM (the top ones by RPN objectness; paper: 2000).
+    _C.MODEL.RFCN.OHEM.NUM_PROPOSALS = 300
+    # IoU of the NMS among RoIs (by loss) before taking the top B; the OHEM paper uses 0.7,
+    # py-R-FCN none. ≤ 0 = no NMS.
+    _C.MODEL.RFCN.OHEM.NMS_THRESH = -1.0
