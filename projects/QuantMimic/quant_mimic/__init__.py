@@ -2,6 +2,12 @@
 
 Importing this package registers, once, every component with detectron2's registries.
 """
+import warnings
+
+# detectron2 (April 2024) still calls torch.jit.script, which torch >= 2.10 flags on every import.
+warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+
+from . import data  # noqa: F401  (registers datasets)
 from .config import add_quantmimic_config
 from .engine import Trainer, setup_cfg
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone

@@ -9,13 +9,15 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
 from detectron2.engine.train_loop import AMPTrainer, TrainerBase
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import COCOEvaluator
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import add_quantmimic_config
+from .data import VOCDetectionEvaluator
+from .evaluation import WiderFaceEvaluator
 
 __all__ = ["setup_cfg", "Trainer"]
 
@@ -89,11 +91,9 @@ class Trainer(DefaultTrainer):
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).evaluator_type
         if evaluator_type == "pascal_voc":
-            return PascalVOCDetectionEvaluator(dataset_name)
+            return VOCDetectionEvaluator(dataset_name)
         if evaluator_type == "coco":
             return COCOEvaluator(dataset_name, output_dir=output_folder)
         if evaluator_type == "widerface":
-            from .evaluation import WiderFaceEvaluator
-
             return WiderFaceEvaluator(dataset_name, output_dir=output_folder)
         raise ValueError(f"Unknown evaluator_type {evaluator_type!r} of dataset {dataset_name!r}")

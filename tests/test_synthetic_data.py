@@ -1,0 +1,109 @@
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import Boxes, Instances
+
+from quant_mimic.data import register_all_quantmimic_datasets
+from quant_mimic.data.synthetic import VOC_CLASSES, generate_faces, generate_voc, main
+from quant_mimic.data.voc import VOCDetectionEvaluator, read_split_ids, register_voc
+from quant_mimic.engine import Trainer
+
+from .common import get_config
+
+
+class TestSyntheticRoundTrip(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.root = cls.tmp.name
+        cls.faces = generate_faces(os.path.join(cls.root, "synth", "widerface"), 12, 8, seed=1)
+        cls.voc = generate_voc(os.path.join(cls.root, "synth", "VOC2007"), 10, 6, seed=2)
+        # the same registration as the built-in names, under a test prefix and this root
+        from quant_mimic.data.widerface import register_widerface
+
+        register_widerface("rt_faces_train", os.path.join(cls.root, "synth", "widerface"), "train")
+        register_voc("rt_voc_test", os.path.join(cls.root, "synth", "VOC2007"), "test", 2007, VOC_CLASSES)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_builtin_names_registered(self):
+        names = DatasetCatalog.list()
+        for n in ("synth_faces_train", "synth_faces_val", "synth_voc_trainval", "synth_voc_test",
+                  "widerface_train", "widerface_val", "widerface_test"):  # fmt: skip
+            self.assertIn(n, names)
+        self.assertEqual(MetadataCatalog.get("synth_faces_val").evaluator_type, "widerface")
+        self.assertEqual(MetadataCatalog.get("synth_voc_test").evaluator_type, "pascal_voc")
+        register_all_quantmimic_datasets()  # idempotent
+
+    def test_faces_round_trip(self):
+        dicts = DatasetCatalog.get("rt_faces_train")
+        self.assertEqual(len(dicts), 12)
+        for d, (rel, rows) in zip(dicts, self.faces["train"]):
+            self.assertTrue(d["file_name"].endswith(rel))
+            expected = [r for r in rows if not r[7] and r[2] > 0 and r[3] > 0]
+            self.assertEqual([a["bbox"] for a in d["annotations"]], [r[:4] for r in expected])
+            self.assertEqual([a["blur"] for a in d["annotations"]], [r[4] for r in expected])
+            self.assertTrue(all(a["invalid"] == 0 for a in d["annotations"]))
+            self.assertEqual((d["height"], d["width"]), (192, 256))
+
+    def test_voc_round_trip(self):
+        dicts = DatasetCatalog.get("rt_voc_test")
+        self.assertEqual(len(dicts), 6)
+        for d, (fileid, objects) in zip(dicts, self.voc["test"]):
+            self.assertEqual(d["image_id"], fileid)
+            got = [(VOC_CLASSES[a["category_id"]], *a["bbox"], a["difficult"]) for a in d["annotations"]]
+            exp = [(n, x0 - 1.0, y0 - 1.0, float(x1), float(y1), diff) for n, x0, y0, x1, y1, diff in objects]
+            self.assertEqual(got, exp)
+
+    def test_deterministic(self):
+        with tempfile.TemporaryDirectory() as d:
+            again = generate_voc(os.path.join(d, "v"), 10, 6, seed=2)
+            self.assertEqual(again, self.voc)
+            a = open(os.path.join(d, "v", "JPEGImages", "test_000003.jpg"), "rb").read()
+            b = open(os.path.join(self.root, "synth", "VOC2007", "JPEGImages", "test_000003.jpg"), "rb").read()
+            self.assertEqual(a, b)
+
+    def test_single_id_split(self):
+        with tempfile.TemporaryDirectory() as d:
+            generate_voc(d, 1, 1, seed=3)
+            self.assertEqual(read_split_ids(d, "test"), ["test_000000"])
+            register_voc("rt_voc_single", d, "test", 2007, VOC_CLASSES)
+            self.assertEqual(len(DatasetCatalog.get("rt_voc_single")), 1)
+
+    def test_voc_evaluator_perfect_predictions(self):
+        name = "rt_voc_test"
+        ev = VOCDetectionEvaluator(name)
+        ev.reset()
+        for d in DatasetCatalog.get(name):
+            inst = Instances((d["height"], d["width"]))
+            inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32))
+            inst.scores = torch.ones(len(d["annotations"]))
+            inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
+            ev.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+        with self.assertLogs(level="INFO") as logs:
+            res = ev.evaluate()
+        self.assertAlmostEqual(res["bbox"]["AP50"], 100.0, places=4)
+        self.assertIn("VOC2007 11-point", "\n".join(logs.output))
+
+    def test_trainer_picks_evaluators(self):
+        cfg = get_config("WIDERFace/rfcn_VGG-1-32_scratch.yaml")
+        self.assertEqual(type(Trainer.build_evaluator(cfg, "synth_faces_val")).__name__, "WiderFaceEvaluator")
+        self.assertIsInstance(Trainer.build_evaluator(cfg, "rt_voc_test"), VOCDetectionEvaluator)
+
+    def test_cli(self):
+        with tempfile.TemporaryDirectory() as d:
+            main(["--out", d, "--kind", "faces", "--num-train", "3", "--num-val", "2", "--seed", "0"])
+            for f in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+                self.assertTrue(os.path.isfile(os.path.join(d, "eval_tools", "ground_truth", f)))
+            self.assertTrue(np.all([os.path.isdir(os.path.join(d, f"WIDER_{s}", "images")) for s in ("train", "val")]))
+
+
+if __name__ == "__main__":
+    unittest.main()
