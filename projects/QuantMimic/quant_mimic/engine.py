@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     """
     Build a frozen config from detectron2's defaults, QuantMimic's keys, a yaml file and overrides.
+    ``MODEL.DEVICE`` falls back to "cpu" when CUDA is not available.
     With ``args`` (from ``default_argument_parser``), also runs detectron2's ``default_setup``.
     """
     cfg = get_cfg()
@@ -34,9 +35,13 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+        cfg.MODEL.DEVICE = "cpu"
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
+        setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_mimic")
     return cfg
 
 
