@@ -6,10 +6,10 @@
         --num-train 300 --num-val 100 --seed 0
 
 faces: real face crops shipped with scikit-image (``skimage.data.lfw_subset()``: 100 faces, plus 100
-non-faces pasted as distractors) on real textures (brick, grass, gravel, moon, camera), 8 to ~120 px,
-with varied contrast and blur. Difficulty subsets (the .mat keep lists), by face size s and blur b:
+non-faces pasted as 2-8 distractors per image, processed like faces) on real textures (brick, grass,
+gravel, moon, camera), 6 to ~120 px (log-uniform), with contrast ×0.25-1.1, blur and sensor noise. Difficulty subsets (the .mat keep lists), by face size s and blur b:
 easy = s ≥ 40 and b ≤ 1; medium = easy ∪ {s ≥ 20 and b ≤ 1}; hard = every valid face (including
-8-20 px and heavily blurred ones). Faces under 10 px are written with ``invalid = 1`` (kept in the
+6-20 px and heavily blurred ones). Faces under 8 px are written with ``invalid = 1`` (kept in the
 files, out of training targets and of every keep list), like WIDER's unlabelable faces.
 
 voc: six classes of real glyphs (the digits 0-5 in OpenCV's Hershey fonts, varied font, stroke and
@@ -66,8 +66,8 @@ def _free_spot(rng, boxes: List[List[int]], s_h: int, s_w: int, h: int, w: int, 
 
 
 def _face_row(rng, s: int):
-    blur = int(rng.choice([0, 1, 2], p=[0.55, 0.3, 0.15]))
-    contrast = rng.uniform(0.45, 1.2)
+    blur = int(rng.choice([0, 1, 2], p=[0.45, 0.3, 0.25]))
+    contrast = rng.uniform(0.25, 1.1)
     return blur, contrast
 
 
@@ -87,15 +87,18 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
             event = FACE_EVENTS[e]
             img = _background(rng, textures[e], h, w)
             boxes, rows = [], []
-            for _ in range(rng.randint(0, 4)):  # distractors: real non-face crops
-                s = int(rng.randint(10, 60))
-                spot = _free_spot(rng, boxes, s, s, h, w)
+            distractors = []
+            for _ in range(rng.randint(2, 9)):  # distractors: real non-face crops, treated like faces
+                s = int(np.exp(rng.uniform(np.log(6), np.log(60))))
+                spot = _free_spot(rng, distractors, s, s, h, w)
                 if spot:
-                    patch = cv2.resize(nonfaces[rng.randint(100)], (s, s)) * 255
-                    img[spot[1] : spot[1] + s, spot[0] : spot[0] + s] = patch * rng.uniform(0.5, 1.1)
+                    patch = cv2.resize(nonfaces[rng.randint(100)], (s, s))
+                    patch = (patch - patch.mean()) * rng.uniform(0.25, 1.1) * 255 + rng.uniform(80, 180)
+                    img[spot[1] : spot[1] + s, spot[0] : spot[0] + s] = patch
+                    distractors.append([spot[0], spot[1], s, s])
             num_faces = 0 if rng.rand() < 0.05 else rng.randint(1, 7)
             for _ in range(num_faces):
-                s = int(np.exp(rng.uniform(np.log(8), np.log(min(120, 0.75 * h)))))
+                s = int(np.exp(rng.uniform(np.log(6), np.log(min(120, 0.75 * h)))))
                 spot = _free_spot(rng, boxes, s, s, h, w)
                 if spot is None:
                     continue
@@ -105,14 +108,14 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
                 patch = cv2.resize(face, (s, s), interpolation=cv2.INTER_AREA if s < 25 else cv2.INTER_LINEAR)
                 patch = (patch - patch.mean()) * contrast * 255 + rng.uniform(80, 180)
                 if blur:
-                    sigma = (0.06 if blur == 1 else 0.15) * s + 0.3
+                    sigma = (0.06 if blur == 1 else 0.2) * s + 0.4
                     patch = cv2.GaussianBlur(patch, (0, 0), sigma)
                 img[y : y + s, x : x + s] = patch
                 boxes.append([x, y, s, s])
-                invalid = int(s < 10)
-                illumination = int(contrast < 0.6)
+                invalid = int(s < 8)
+                illumination = int(contrast < 0.5)
                 rows.append([x, y, s, s, blur, 0, illumination, invalid, 0, 0])
-            img = np.clip(img + rng.normal(0, rng.uniform(1, 6), img.shape), 0, 255).astype(np.uint8)
+            img = np.clip(img + rng.normal(0, rng.uniform(2, 10), img.shape), 0, 255).astype(np.uint8)
             stem = f"{e}_{event.split('--')[1]}_{split}_{idx:05d}"
             rel = f"{event}/{stem}.jpg"
             path = os.path.join(out, f"WIDER_{split}", "images", rel)
