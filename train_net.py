@@ -6,6 +6,7 @@ QuantMimic training script, in the shape of detectron2's projects/*/train_net.py
         --num-gpus 8 [KEY VALUE ...]
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
 """
+
 import os
 import sys
 
@@ -14,7 +15,9 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "QuantMimic"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "QuantMimic")
+)
 from quant_mimic import Trainer, setup_cfg  # noqa: E402  (registers everything)
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the tests: configs from the project's yaml files, tiny inputs, no weights."""
+
 import glob
 import os
 
@@ -93,10 +94,18 @@ def write_tiny_dataset(root, num_images=4, num_classes=20, size=(96, 128), seed=
             x0, y0 = rng.randint(0, w - bw), rng.randint(0, h - bh)
             c = int(rng.randint(num_classes))
             img[y0 : y0 + bh, x0 : x0 + bw] = (40 + 200 * rng.rand(3)).astype("uint8")
-            annos.append({"bbox": [x0, y0, x0 + bw, y0 + bh], "bbox_mode": BoxMode.XYXY_ABS, "category_id": c})
+            annos.append(
+                {
+                    "bbox": [x0, y0, x0 + bw, y0 + bh],
+                    "bbox_mode": BoxMode.XYXY_ABS,
+                    "category_id": c,
+                }
+            )
         path = os.path.join(root, f"{i}.png")
         cv2.imwrite(path, img)
-        dicts.append({"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annos})
+        dicts.append(
+            {"file_name": path, "image_id": i, "height": h, "width": w, "annotations": annos}
+        )
     return dicts
 
 

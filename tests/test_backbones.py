@@ -40,7 +40,9 @@ class TestDividedResNet(unittest.TestCase):
                 shapes = model.output_shape()
                 base = 64 if depth in (18, 34) else 256
                 for i, name in enumerate(ALL_STAGES):
-                    self.assertEqual(shapes[name].channels, max(1, base * 2**i // n), (depth, n, name))
+                    self.assertEqual(
+                        shapes[name].channels, max(1, base * 2**i // n), (depth, n, name)
+                    )
                     self.assertEqual(shapes[name].stride, 4 * 2**i)
                 self.assertEqual(model.stem.out_channels, max(1, 64 // n))
                 out = model(torch.randn(1, 3, 64, 96))
@@ -57,7 +59,9 @@ class TestDividedResNet(unittest.TestCase):
                 {k: v.shape for k, v in stock.state_dict().items()},
             )
         # ResNet-18 backbone without fc: 11,176,512 parameters (torchvision resnet18 minus its fc).
-        self.assertEqual(num_params(build_backbone(resnet_cfg(18, 1), ShapeSpec(channels=3))), 11176512)
+        self.assertEqual(
+            num_params(build_backbone(resnet_cfg(18, 1), ShapeSpec(channels=3))), 11176512
+        )
 
     def test_min_one_channel_and_bad_divisor(self):
         self.assertEqual(divide_channels(64, 32), 2)

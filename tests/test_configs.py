@@ -1,4 +1,5 @@
 """Every config under configs/ merges strictly, builds on CPU without weights, trains and infers."""
+
 import os
 import unittest
 
@@ -14,7 +15,9 @@ from .common import all_config_files, build_model_no_weights, get_config, random
 
 class TestConfigKeys(unittest.TestCase):
     def test_every_new_key_is_commented(self):
-        path = os.path.join(os.path.dirname(__file__), "..", "projects", "QuantMimic", "quant_mimic", "config.py")
+        path = os.path.join(
+            os.path.dirname(__file__), "..", "projects", "QuantMimic", "quant_mimic", "config.py"
+        )
         lines = open(path).read().splitlines()
         for i, line in enumerate(lines):
             if line.strip().startswith("_C.MODEL.") and "=" in line and "CN()" not in line:

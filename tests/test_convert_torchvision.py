@@ -26,7 +26,10 @@ class TestConvertTorchvisionResNet(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "R-18.pkl")
             with open(path, "wb") as f:
-                pickle.dump({"model": converted, "__author__": "torchvision", "matching_heuristics": True}, f)
+                pickle.dump(
+                    {"model": converted, "__author__": "torchvision", "matching_heuristics": True},
+                    f,
+                )
             DetectionCheckpointer(model).load(path)
         sd = model.state_dict()
         pairs = {

@@ -18,7 +18,6 @@ from .common import (
     get_config,
     random_inputs,
     register_tiny_dataset,
-    train_step,
     trainer_opts,
 )
 
@@ -35,7 +34,9 @@ class TestMimicLoss(unittest.TestCase):
     def test_hand_computation_eq6(self):
         # N = 2 RoIs, C = 1, S = 2
         ft = torch.tensor([[[[0.4, 1.6], [2.5, 3.0]]], [[[0.0, 0.7], [1.2, 5.1]]]])
-        fs = torch.tensor([[[[1.4, 1.2], [2.4, -1.0]]], [[[0.6, 0.5], [3.6, 4.4]]]], requires_grad=True)
+        fs = torch.tensor(
+            [[[[1.4, 1.2], [2.4, -1.0]]], [[[0.6, 0.5], [3.6, 4.4]]]], requires_grad=True
+        )
         # Q(ft) = [[0,2],[2,3]], [[0,1],[1,5]];  Q(fs) = [[1,1],[2,0]], [[1,0],[4,4]]
         # squared diffs: 1+1+0+9 = 11 and 1+1+9+1 = 12 -> L = (11+12)/(2*2) = 5.75
         loss, mismatch = mimic_loss(ft, fs, quantize_teacher=True, quantize_student=True)
@@ -68,7 +69,9 @@ class TestMimicRCNNModel(unittest.TestCase):
         cfg = get_config(QM)
         model = build_model_no_weights(cfg)
         self.assertIsInstance(model, MimicRCNN)
-        self.assertFalse(any(k.startswith("teacher") or "_teacher" in k for k in model.state_dict()))
+        self.assertFalse(
+            any(k.startswith("teacher") or "_teacher" in k for k in model.state_dict())
+        )
         self.assertIn("mimic_adapters.0.weight", model.state_dict())
         self.assertFalse(any(p.requires_grad for p in model.teacher.parameters()))
         teacher_ids = {id(p) for p in model.teacher.parameters()}
@@ -85,6 +88,12 @@ class TestMimicRCNNModel(unittest.TestCase):
         self.assertEqual(model.teacher.backbone.output_shape()["res4"].channels, 256)
         self.assertEqual(model.backbone.output_shape()["res4"].channels, 16)
 
+    def test_teacher_follows_device_and_dtype(self):
+        model = build_model_no_weights(get_config(QM))
+        model.double()
+        self.assertTrue(all(p.dtype == torch.float64 for p in model.teacher.parameters()))
+        self.assertEqual(model.teacher.device, model.device)
+
     def test_loss_keys_gradients_and_diagnostics(self):
         cfg = get_config(QM)
         model = build_model_no_weights(cfg)
@@ -93,12 +102,20 @@ class TestMimicRCNNModel(unittest.TestCase):
         with EventStorage() as storage:
             losses = model(inputs)
             self.assertEqual(
-                set(losses), {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_mimic"}
+                set(losses),
+                {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc", "loss_mimic"},
             )
             sum(losses.values()).backward()
-            for key in ("mimic/num_rois", "mimic/loss_unweighted", "mimic/mismatch_ratio", "mimic/lambda"):
+            for key in (
+                "mimic/num_rois",
+                "mimic/loss_unweighted",
+                "mimic/mismatch_ratio",
+                "mimic/lambda",
+            ):
                 self.assertIn(key, storage.histories())
-            self.assertLessEqual(storage.history("mimic/num_rois").latest(), 2 * cfg.MODEL.MIMIC.NUM_ROIS)
+            self.assertLessEqual(
+                storage.history("mimic/num_rois").latest(), 2 * cfg.MODEL.MIMIC.NUM_ROIS
+            )
         self.assertGreater(losses["loss_mimic"].item(), 0)
         # gradient reaches the adapter and the student backbone through Q
         self.assertGreater(model.mimic_adapters[0].weight.grad.abs().sum().item(), 0)
@@ -121,7 +138,9 @@ class TestMimicRCNNModel(unittest.TestCase):
 
     def test_switches_both_off_is_plain_l2(self):
         for qt, qs in ((False, False), (True, False), (False, True), (True, True)):
-            cfg = get_config(QM, ["MODEL.MIMIC.QUANTIZE_TEACHER", qt, "MODEL.MIMIC.QUANTIZE_STUDENT", qs])
+            cfg = get_config(
+                QM, ["MODEL.MIMIC.QUANTIZE_TEACHER", qt, "MODEL.MIMIC.QUANTIZE_STUDENT", qs]
+            )
             model = build_model_no_weights(cfg)
             model.train()
             inputs = random_inputs(cfg)
@@ -130,11 +149,15 @@ class TestMimicRCNNModel(unittest.TestCase):
                 feats = model.backbone(images.tensor)
                 from detectron2.structures import Boxes
 
-                boxes = [Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0], [0.0, 0.0, 50.0, 40.0]]))] * 2
+                boxes = [
+                    Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0], [0.0, 0.0, 50.0, 40.0]]))
+                ] * 2
                 got = model.mimic_losses(inputs, feats, boxes)["loss_mimic"]
                 with torch.no_grad():
                     timg = model.teacher.preprocess_image(inputs)
-                    ft = model.teacher_poolers[0]([model.teacher.backbone(timg.tensor)["res4"]], boxes)
+                    ft = model.teacher_poolers[0](
+                        [model.teacher.backbone(timg.tensor)["res4"]], boxes
+                    )
                 fs = model.mimic_adapters[0](model.student_poolers[0]([feats["res4"]], boxes))
                 ft = quantize(ft) if qt else ft
                 fs = quantize(fs) if qs else fs
@@ -176,13 +199,18 @@ class TestMimicRCNNModel(unittest.TestCase):
             model.load_teacher(good)  # exact match loads
             self.assertTrue(model.teacher_loaded)
             sd = dict(model.teacher.state_dict())
-            sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(3, 512)  # wrong class count
+            sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(
+                3, 512
+            )  # wrong class count
             bad_shape = os.path.join(d, "bad_shape.pth")
             torch.save({"model": sd}, bad_shape)
             with self.assertRaisesRegex(RuntimeError, "bad_shape.pth.*cls_score"):
                 model.load_teacher(bad_shape)
             prefixed = os.path.join(d, "prefixed.pth")
-            torch.save({"model": {"module.x." + k: v for k, v in model.teacher.state_dict().items()}}, prefixed)
+            torch.save(
+                {"model": {"module.x." + k: v for k, v in model.teacher.state_dict().items()}},
+                prefixed,
+            )
             with self.assertRaisesRegex(RuntimeError, "missing in file"):
                 model.load_teacher(prefixed)
             with self.assertRaisesRegex(FileNotFoundError, "nope.pth"):
@@ -203,7 +231,9 @@ class TestMimicRCNNModel(unittest.TestCase):
         student = build_model_no_weights(student_cfg)
         missing = student.load_state_dict(model.state_dict(), strict=False)
         self.assertEqual(missing.missing_keys, [])
-        self.assertEqual(missing.unexpected_keys, ["mimic_adapters.0.weight", "mimic_adapters.0.bias"])
+        self.assertEqual(
+            missing.unexpected_keys, ["mimic_adapters.0.weight", "mimic_adapters.0.bias"]
+        )
         student.eval()
         inputs = random_inputs(cfg, sizes=((200, 249),), num_boxes=(0,))
         with torch.no_grad():
@@ -214,8 +244,9 @@ class TestMimicRCNNModel(unittest.TestCase):
 
     def test_loss_weight_schedule(self):
         cfg = get_config(
-            QM, ["MODEL.MIMIC.LOSS_WEIGHT", 2.0, "MODEL.MIMIC.START_ITER", 10, "MODEL.MIMIC.WARMUP_ITERS", 4,
-                 "MODEL.MIMIC.STOP_ITER", 100]
+            QM,
+            ["MODEL.MIMIC.LOSS_WEIGHT", 2.0, "MODEL.MIMIC.START_ITER", 10,
+             "MODEL.MIMIC.WARMUP_ITERS", 4, "MODEL.MIMIC.STOP_ITER", 100],
         )  # fmt: skip
         model = build_model_no_weights(cfg)
         got = [model.current_loss_weight(i) for i in (0, 9, 10, 11, 13, 50, 99, 100)]
@@ -235,7 +266,8 @@ class TestMimicWithTrainer(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             # a teacher with trainable-type BN, so that drifting running statistics would show
             tcfg = get_config(
-                "PascalVOC-Detection/faster_rcnn_R18_C4_teacher_quantized.yaml", ["MODEL.RESNETS.NORM", "BN"]
+                "PascalVOC-Detection/faster_rcnn_R18_C4_teacher_quantized.yaml",
+                ["MODEL.RESNETS.NORM", "BN"],
             )
             teacher_yaml = os.path.join(tmp, "teacher.yaml")
             with open(teacher_yaml, "w") as f:
@@ -283,7 +315,10 @@ def _ddp_worker(tmp):
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
-    assert not any(isinstance(m, torch.nn.parallel.DistributedDataParallel) for m in [trainer.model.module.teacher])
+    assert not any(
+        isinstance(m, torch.nn.parallel.DistributedDataParallel)
+        for m in [trainer.model.module.teacher]
+    )
 
 
 class TestMimicDDP(unittest.TestCase):

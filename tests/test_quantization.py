@@ -94,7 +94,9 @@ class TestPow2Quantize(unittest.TestCase):
         g = torch.Generator().manual_seed(1)
         x = torch.rand(400, generator=g, dtype=torch.float64) * 40 - 2
         for s, e in ((1.0, -4), (0.5, -2), (2.0, 0)):
-            self.assertTrue(torch.equal(quantize(x, s, "pow2", pow2_min_exp=e), reference_pow2(x, s, e)))
+            self.assertTrue(
+                torch.equal(quantize(x, s, "pow2", pow2_min_exp=e), reference_pow2(x, s, e))
+            )
 
     def test_ties_and_levels(self):
         x = torch.tensor([-1.0, 0.0, 0.0625, 0.07, 1.5, 1.51, 3.0, 6.0, 6.5, 24.0])
@@ -106,8 +108,8 @@ class TestPow2Quantize(unittest.TestCase):
 
 class TestStraightThrough(unittest.TestCase):
     def test_jacobian_is_identity(self):
-        # Q is piecewise constant, so numerical differences are 0 almost everywhere; the claimed rule
-        # is the identity (full-precision gradient, §3.1): check the analytic Jacobian is exactly I.
+        # Q is piecewise constant, so numerical differences are 0 almost everywhere; the claimed
+        # rule is the identity (full-precision gradient, §3.1): the analytic Jacobian must be I.
         x = (torch.rand(4, 3, dtype=torch.float64) * 5).requires_grad_()
         for method in ("uniform", "pow2"):
             jac = torch.autograd.functional.jacobian(lambda t: quantize(t, 1.0, method), x)
@@ -128,7 +130,8 @@ class TestQuantizedBackbone(unittest.TestCase):
         return get_config("PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml", opts)
 
     def test_features_on_codebook_and_shapes_unchanged(self):
-        cfg = self._cfg(**{"MODEL.QUANTIZATION.STRIDE": 0.5, "MODEL.RESNETS.OUT_FEATURES": ["res3", "res4"],
+        cfg = self._cfg(**{"MODEL.QUANTIZATION.STRIDE": 0.5,
+                           "MODEL.RESNETS.OUT_FEATURES": ["res3", "res4"],
                            "MODEL.QUANTIZATION.IN_FEATURES": ["res4"]})  # fmt: skip
         torch.manual_seed(0)
         qb = build_backbone(cfg, ShapeSpec(channels=3))

@@ -34,7 +34,7 @@ def _bilinear(fmap, y, x):
 
 
 def reference_ps_vote(maps, boxes_per_image, k, scale, kind, sampling_ratio=2):
-    """Loop-by-loop R-FCN: bin (i, j) of output d reads channel d·k² + i·k + j; vote = mean of bins."""
+    """Loop-by-loop R-FCN: bin (i, j) of output d reads channel d·k² + i·k + j; vote = bin mean."""
     out = []
     for n, boxes in enumerate(boxes_per_image):
         for x0, y0, x1, y1 in boxes.tolist():
@@ -87,7 +87,12 @@ class TestPSPooling(unittest.TestCase):
         # One map per (class, bin) set to a constant: the vote is the mean of the constants of the
         # class's own k² channels.
         k = 2
-        maps = torch.arange(3 * k * k, dtype=torch.float32).view(1, -1, 1, 1).expand(1, -1, 8, 8).contiguous()
+        maps = (
+            torch.arange(3 * k * k, dtype=torch.float32)
+            .view(1, -1, 1, 1)
+            .expand(1, -1, 8, 8)
+            .contiguous()
+        )
         boxes = [torch.tensor([[8.0, 8.0, 56.0, 56.0]])]
         got = ps_roi_pool_vote(maps, boxes, k, 1 / 8.0, "PSROIPool")
         self.assertEqual(got.tolist(), [[1.5, 5.5, 9.5]])
@@ -135,7 +140,9 @@ class TestOHEM(unittest.TestCase):
             feats = model.backbone(images.tensor)
             gt = [x["instances"] for x in inputs]
             proposals, _ = model.proposal_generator(images, feats, gt)
-            labelled = head.label_and_sample_proposals([p[: head.ohem_num_proposals] for p in proposals], gt)
+            labelled = head.label_and_sample_proposals(
+                [p[: head.ohem_num_proposals] for p in proposals], gt
+            )
             # every proposal is labelled (no sampling) when OHEM is on
             self.assertEqual(len(labelled[0]), min(len(proposals[0]), head.ohem_num_proposals) + 3)
             preds = head.predict(feats, [p.proposal_boxes for p in labelled])
@@ -157,12 +164,19 @@ class TestOHEM(unittest.TestCase):
 
 class TestRFCNHead(unittest.TestCase):
     def test_losses_and_inference(self):
-        for opts in ([], ["MODEL.RFCN.OHEM.ENABLED", False, "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False,
-                          "MODEL.RFCN.CONV_NEW_DIM", 32, "MODEL.RFCN.POOLER_TYPE", "PSROIPool"]):  # fmt: skip
+        variant = [
+            "MODEL.RFCN.OHEM.ENABLED", False,
+            "MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG", False,
+            "MODEL.RFCN.CONV_NEW_DIM", 32,
+            "MODEL.RFCN.POOLER_TYPE", "PSROIPool",
+        ]  # fmt: skip
+        for opts in ([], variant):
             cfg = get_config(WIDER, opts)
             model = build_model_no_weights(cfg)
             losses = train_step(model, random_inputs(cfg, num_boxes=(3, 0)))
-            self.assertEqual({"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}, set(losses))
+            self.assertEqual(
+                {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}, set(losses)
+            )
             self.assertTrue(all(torch.isfinite(v) for v in losses.values()))
             unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
             self.assertEqual(unused, [])
@@ -170,7 +184,9 @@ class TestRFCNHead(unittest.TestCase):
             with torch.no_grad():
                 out = model(random_inputs(cfg, sizes=((200, 249),), num_boxes=(0,)))[0]["instances"]
             b = out.pred_boxes.tensor
-            self.assertTrue(((b[:, 0] >= 0) & (b[:, 2] <= 249) & (b[:, 1] >= 0) & (b[:, 3] <= 200)).all())
+            self.assertTrue(
+                ((b[:, 0] >= 0) & (b[:, 2] <= 249) & (b[:, 1] >= 0) & (b[:, 3] <= 200)).all()
+            )
 
     def test_empty_proposals_and_gt(self):
         cfg = get_config(WIDER)

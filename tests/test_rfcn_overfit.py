@@ -1,4 +1,5 @@
 """The R-FCN head learns: a tiny R-FCN overfits a handful of synthetic images to high AP on CPU."""
+
 import unittest
 
 import numpy as np
@@ -12,7 +13,7 @@ from .common import build_model_no_weights, get_config
 
 
 def synthetic_batch(num_images=4, size=128, seed=0):
-    """Gray images with 1-3 bright textured squares (the one class) on noise, plus dark distractors."""
+    """Grey images with 1-3 bright textured squares (the one class) on noise."""
     rng = np.random.RandomState(seed)
     inputs = []
     for _ in range(num_images):
@@ -22,14 +23,23 @@ def synthetic_batch(num_images=4, size=128, seed=0):
             s = rng.randint(24, 48)
             x, y = rng.randint(0, size - s), rng.randint(0, size - s)
             b = [x, y, x + s, y + s]
-            if boxes and pairwise_iou(Boxes(torch.tensor([b], dtype=torch.float)), Boxes(torch.tensor(boxes, dtype=torch.float))).max() > 0:
+            if (
+                boxes
+                and pairwise_iou(
+                    Boxes(torch.tensor([b], dtype=torch.float)),
+                    Boxes(torch.tensor(boxes, dtype=torch.float)),
+                ).max()
+                > 0
+            ):
                 continue
             boxes.append(b)
             img[y : y + s, x : x + s] = 180 + rng.rand(s, s) * 60
         inst = Instances((size, size))
         inst.gt_boxes = Boxes(torch.tensor(boxes, dtype=torch.float))
         inst.gt_classes = torch.zeros(len(boxes), dtype=torch.long)
-        inputs.append({"image": torch.from_numpy(img)[None], "instances": inst, "height": size, "width": size})
+        inputs.append(
+            {"image": torch.from_numpy(img)[None], "instances": inst, "height": size, "width": size}
+        )
     return inputs
 
 

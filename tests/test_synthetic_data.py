@@ -27,7 +27,9 @@ class TestSyntheticRoundTrip(unittest.TestCase):
         from quant_mimic.data.widerface import register_widerface
 
         register_widerface("rt_faces_train", os.path.join(cls.root, "synth", "widerface"), "train")
-        register_voc("rt_voc_test", os.path.join(cls.root, "synth", "VOC2007"), "test", 2007, VOC_CLASSES)
+        register_voc(
+            "rt_voc_test", os.path.join(cls.root, "synth", "VOC2007"), "test", 2007, VOC_CLASSES
+        )
 
     @classmethod
     def tearDownClass(cls):
@@ -58,8 +60,14 @@ class TestSyntheticRoundTrip(unittest.TestCase):
         self.assertEqual(len(dicts), 6)
         for d, (fileid, objects) in zip(dicts, self.voc["test"]):
             self.assertEqual(d["image_id"], fileid)
-            got = [(VOC_CLASSES[a["category_id"]], *a["bbox"], a["difficult"]) for a in d["annotations"]]
-            exp = [(n, x0 - 1.0, y0 - 1.0, float(x1), float(y1), diff) for n, x0, y0, x1, y1, diff in objects]
+            got = [
+                (VOC_CLASSES[a["category_id"]], *a["bbox"], a["difficult"])
+                for a in d["annotations"]
+            ]
+            exp = [
+                (n, x0 - 1.0, y0 - 1.0, float(x1), float(y1), diff)
+                for n, x0, y0, x1, y1, diff in objects
+            ]
             self.assertEqual(got, exp)
 
     def test_deterministic(self):
@@ -67,7 +75,9 @@ class TestSyntheticRoundTrip(unittest.TestCase):
             again = generate_voc(os.path.join(d, "v"), 10, 6, seed=2)
             self.assertEqual(again, self.voc)
             a = open(os.path.join(d, "v", "JPEGImages", "test_000003.jpg"), "rb").read()
-            b = open(os.path.join(self.root, "synth", "VOC2007", "JPEGImages", "test_000003.jpg"), "rb").read()
+            b = open(
+                os.path.join(self.root, "synth", "VOC2007", "JPEGImages", "test_000003.jpg"), "rb"
+            ).read()
             self.assertEqual(a, b)
 
     def test_single_id_split(self):
@@ -83,26 +93,44 @@ class TestSyntheticRoundTrip(unittest.TestCase):
         ev.reset()
         for d in DatasetCatalog.get(name):
             inst = Instances((d["height"], d["width"]))
-            inst.pred_boxes = Boxes(torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32))
+            inst.pred_boxes = Boxes(
+                torch.tensor([a["bbox"] for a in d["annotations"]], dtype=torch.float32)
+            )
             inst.scores = torch.ones(len(d["annotations"]))
             inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"]])
             ev.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-        with self.assertLogs(level="INFO") as logs:
+        with self.assertLogs("detectron2.evaluation.pascal_voc_evaluation", level="INFO") as logs:
             res = ev.evaluate()
         self.assertAlmostEqual(res["bbox"]["AP50"], 100.0, places=4)
         self.assertIn("VOC2007 11-point", "\n".join(logs.output))
 
     def test_trainer_picks_evaluators(self):
         cfg = get_config("WIDERFace/rfcn_VGG-1-32_scratch.yaml")
-        self.assertEqual(type(Trainer.build_evaluator(cfg, "synth_faces_val")).__name__, "WiderFaceEvaluator")
+        self.assertEqual(
+            type(Trainer.build_evaluator(cfg, "synth_faces_val")).__name__, "WiderFaceEvaluator"
+        )
         self.assertIsInstance(Trainer.build_evaluator(cfg, "rt_voc_test"), VOCDetectionEvaluator)
 
     def test_cli(self):
         with tempfile.TemporaryDirectory() as d:
-            main(["--out", d, "--kind", "faces", "--num-train", "3", "--num-val", "2", "--seed", "0"])
-            for f in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+            main(
+                ["--out", d, "--kind", "faces", "--num-train", "3", "--num-val", "2", "--seed", "0"]
+            )
+            for f in (
+                "wider_face_val.mat",
+                "wider_easy_val.mat",
+                "wider_medium_val.mat",
+                "wider_hard_val.mat",
+            ):
                 self.assertTrue(os.path.isfile(os.path.join(d, "eval_tools", "ground_truth", f)))
-            self.assertTrue(np.all([os.path.isdir(os.path.join(d, f"WIDER_{s}", "images")) for s in ("train", "val")]))
+            self.assertTrue(
+                np.all(
+                    [
+                        os.path.isdir(os.path.join(d, f"WIDER_{s}", "images"))
+                        for s in ("train", "val")
+                    ]
+                )
+            )
 
 
 if __name__ == "__main__":

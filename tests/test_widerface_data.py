@@ -5,7 +5,11 @@ import unittest
 import cv2
 import numpy as np
 
-from quant_mimic.data.widerface import WIDER_ATTRIBUTES, load_widerface_instances, parse_wider_bbx_gt
+from quant_mimic.data.widerface import (
+    WIDER_ATTRIBUTES,
+    load_widerface_instances,
+    parse_wider_bbx_gt,
+)
 
 SNIPPET = """0--Parade/0_Parade_a.jpg
 2
@@ -33,8 +37,9 @@ class TestParseBbxGt(unittest.TestCase):
     def test_snippet(self):
         with tempfile.TemporaryDirectory() as d:
             entries = parse_wider_bbx_gt(_write(d, SNIPPET))
-        self.assertEqual([e[0] for e in entries], ["0--Parade/0_Parade_a.jpg", "0--Parade/0_Parade_b.jpg",
-                                                   "1--Handshaking/1_Handshaking_c.jpg"])  # fmt: skip
+        names = ["0--Parade/0_Parade_a.jpg", "0--Parade/0_Parade_b.jpg",
+                 "1--Handshaking/1_Handshaking_c.jpg"]  # fmt: skip
+        self.assertEqual([e[0] for e in entries], names)
         self.assertEqual(entries[0][1][1], [5, 6, 7, 8, 2, 1, 1, 1, 2, 1])
         self.assertEqual(entries[1][1], [])  # zero faces: the placeholder line is not a face
         self.assertEqual(len(entries[2][1]), 3)
@@ -61,7 +66,11 @@ class TestLoadWiderFace(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             gt = _write(d, SNIPPET)
             root = os.path.join(d, "images")
-            for rel in ("0--Parade/0_Parade_a.jpg", "0--Parade/0_Parade_b.jpg", "1--Handshaking/1_Handshaking_c.jpg"):
+            for rel in (
+                "0--Parade/0_Parade_a.jpg",
+                "0--Parade/0_Parade_b.jpg",
+                "1--Handshaking/1_Handshaking_c.jpg",
+            ):
                 os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
                 cv2.imwrite(os.path.join(root, rel), np.zeros((90, 120, 3), np.uint8))
             with self.assertLogs("quant_mimic.data.widerface", level="INFO") as logs:

@@ -94,11 +94,22 @@ class TestWiderFaceEval(unittest.TestCase):
         # One image with 2 kept faces A (big) and B (small, only in hard), detections:
         # d1 on A (0.9), d2 false positive (0.8), d3 on B (0.7).
         d = os.path.join(self.tmp.name, "hand")
-        entries = [("0--E/0_E_0.jpg", [[10, 10, 50, 50, 0, 0, 0, 0, 0, 0], [100, 100, 12, 12, 0, 0, 0, 0, 0, 0]])]
+        entries = [
+            (
+                "0--E/0_E_0.jpg",
+                [[10, 10, 50, 50, 0, 0, 0, 0, 0, 0], [100, 100, 12, 12, 0, 0, 0, 0, 0, 0]],
+            )
+        ]
         from quant_mimic.data.synthetic import _write_val_mats
 
         _write_val_mats(d, entries)
-        preds = {"0--E": {"0_E_0": np.array([[10, 10, 50, 50, 0.9], [200, 10, 30, 30, 0.8], [100, 100, 12, 12, 0.7]])}}
+        preds = {
+            "0--E": {
+                "0_E_0": np.array(
+                    [[10, 10, 50, 50, 0.9], [200, 10, 30, 30, 0.8], [100, 100, 12, 12, 0.7]]
+                )
+            }
+        }
         aps = evaluate_widerface(preds, d)
         # easy keeps A only: d3 matches B (not kept) -> ignored; PR: (P=1,R=1) then (1/2, 1) -> AP 1
         self.assertAlmostEqual(aps["easy"], 1.0, places=6)
@@ -108,14 +119,18 @@ class TestWiderFaceEval(unittest.TestCase):
     def test_evaluator_on_registered_dataset(self):
         name = "qm_test_synth_faces_val"
         register_widerface(name, self.root, "val")
-        ev = WiderFaceEvaluator(name, output_dir=os.path.join(self.tmp.name, "ev"), distributed=False)
+        ev = WiderFaceEvaluator(
+            name, output_dir=os.path.join(self.tmp.name, "ev"), distributed=False
+        )
         ev.reset()
         from detectron2.data import DatasetCatalog
 
         for r in DatasetCatalog.get(name):
             inst = Instances((r["height"], r["width"]))
             boxes = [a["bbox"] for a in r["annotations"]]
-            xyxy = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32).reshape(-1, 4)
+            xyxy = torch.tensor(
+                [[x, y, x + w, y + h] for x, y, w, h in boxes], dtype=torch.float32
+            ).reshape(-1, 4)
             inst.pred_boxes = Boxes(xyxy)
             inst.scores = torch.linspace(1.0, 0.5, len(boxes))
             ev.process([{"image_id": r["image_id"]}], [{"instances": inst}])

@@ -3,11 +3,12 @@
 
     python tools/benchmark_speed.py [--device cuda] [--runs 50] [--json speed.json]
 
-One grey image whose longer side is 1024 (576×1024), batch 1, inference mode; medians over ``--runs``
-timed runs after warm-up, all models measured in the same process, side by side. Sizes are fp32
-parameter bytes. Randomly initialised weights (speed does not depend on them; the RPN's proposals are
-capped by POST_NMS_TOPK_TEST as in the configs).
+One grey image whose longer side is 1024 (576×1024), batch 1, inference mode; medians over
+``--runs`` timed runs after warm-up, all models measured in the same process, side by side. Sizes
+are fp32 parameter bytes. Randomly initialised weights (speed does not depend on them; the RPN's
+proposals are capped by POST_NMS_TOPK_TEST as in the configs).
 """
+
 import argparse
 import json
 import statistics
@@ -21,7 +22,10 @@ import quant_mimic  # noqa: F401
 from quant_mimic import setup_cfg
 
 MODELS = {
-    "VGG16 R-FCN": ("configs/WIDERFace/rfcn_VGG-1-4_teacher.yaml", ["MODEL.VGG.CHANNEL_DIVISOR", 1]),
+    "VGG16 R-FCN": (
+        "configs/WIDERFace/rfcn_VGG-1-4_teacher.yaml",
+        ["MODEL.VGG.CHANNEL_DIVISOR", 1],
+    ),
     "VGG-1-4 R-FCN": ("configs/WIDERFace/rfcn_VGG-1-4_teacher.yaml", []),
     "VGG-1-32 R-FCN": ("configs/WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
 }
@@ -78,7 +82,10 @@ def main() -> None:
             }
         )
     base = rows[0]["detector_ms"]
-    print(f"| model | device | detector ms (median of {args.runs}) | backbone ms | speed-up | params (M) | size (MB) |")
+    print(
+        f"| model | device | detector ms (median of {args.runs}) | backbone ms | speed-up "
+        "| params (M) | size (MB) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(

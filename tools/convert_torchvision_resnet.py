@@ -9,6 +9,7 @@ by the divided ResNet (CHANNEL_DIVISOR 1) and by its C4 res5 head. torchvision w
 input normalised with mean (123.675, 116.28, 103.53) and std (58.395, 57.12, 57.375), as set in
 configs/Base-Divided-RCNN-C4.yaml.
 """
+
 import argparse
 import pickle
 import re
@@ -34,7 +35,9 @@ def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str,
         new = re.sub(r"^conv1\.", "stem.conv1.", new)
         new = re.sub(r"^bn1\.", "stem.conv1.norm.", new)
         new = re.sub(r"\.bn(\d)\.", r".conv\1.norm.", new)
-        new = new.replace(".downsample.0.", ".shortcut.").replace(".downsample.1.", ".shortcut.norm.")
+        new = new.replace(".downsample.0.", ".shortcut.").replace(
+            ".downsample.1.", ".shortcut.norm."
+        )
         out[new] = value.detach().cpu().numpy()
     return out
 

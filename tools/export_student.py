@@ -7,6 +7,7 @@ The result loads with no missing or unexpected key into the plain student config
 e.g. ``train_net.py --config-file configs/PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml
 --eval-only MODEL.WEIGHTS student.pth``. Also drops optimizer/scheduler state (smaller files).
 """
+
 import argparse
 from typing import Dict
 

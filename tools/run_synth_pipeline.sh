@@ -2,7 +2,7 @@
 # The paper's three-stage pipeline on the built-in synthetic faces benchmark (configs/Synth):
 #   teacher -> quantized teacher -> students (scratch, Li et al. mimic, Quantization Mimic).
 # Usage: tools/run_synth_pipeline.sh [STAGE ...]   (default: all stages, in order)
-#   STAGE ∈ data teacher quantized scratch mimic quant_mimic summary
+#   STAGE ∈ data teacher quantized scratch mimic quant_mimic teacher_only summary
 # Environment: PYTHON (default python3), NUM_GPUS (default 1), ITERS (student/teacher iterations,
 # default: the configs'), QITERS (quantized finetuning iterations), OUTPUT_ROOT (default output/synth).
 set -euo pipefail
@@ -11,7 +11,7 @@ PY=${PYTHON:-python3}
 NUM_GPUS=${NUM_GPUS:-1}
 ROOT_OUT=${OUTPUT_ROOT:-output/synth}
 DATA=${DETECTRON2_DATASETS:-datasets}
-STAGES=${*:-data teacher quantized scratch mimic quant_mimic summary}
+STAGES=${*:-data teacher quantized scratch mimic quant_mimic teacher_only summary}
 iters() { [ -n "${1:-}" ] && echo "SOLVER.MAX_ITER $1 SOLVER.STEPS ($(( $1 * 4 / 5 )),)"; }
 train() {  # config, output dir, extra options...
   local cfg=$1 dir=$2; shift 2
@@ -36,6 +36,9 @@ for stage in $STAGES; do
     quant_mimic)
       train configs/Synth/rfcn_VGG-1-32_quant_mimic.yaml "$ROOT_OUT/VGG-1-32_quant_mimic" $(iters "${ITERS:-}") \
         MODEL.MIMIC.TEACHER.WEIGHTS "$ROOT_OUT/VGG-1-4_teacher_quantized/model_final.pth" ;;
+    teacher_only)
+      train configs/Synth/rfcn_VGG-1-32_quant_mimic_teacher_only.yaml "$ROOT_OUT/VGG-1-32_quant_mimic_teacher_only" \
+        $(iters "${ITERS:-}") MODEL.MIMIC.TEACHER.WEIGHTS "$ROOT_OUT/VGG-1-4_teacher_quantized/model_final.pth" ;;
     summary)
       $PY tools/summarize_results.py "$OUT"/* ;;
     *) echo "unknown stage $stage" >&2; exit 2 ;;

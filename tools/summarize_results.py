@@ -6,6 +6,7 @@
 Reads each folder's ``metrics.json`` (written by detectron2's JSONWriter) and keeps, per metric
 (``widerface/AP_*``, ``bbox/AP*``), its last value, with the iteration it was logged at.
 """
+
 import argparse
 import json
 import os
@@ -40,7 +41,11 @@ def main() -> None:
     parser.add_argument("dirs", nargs="+")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
-    rows = {os.path.basename(os.path.normpath(d)): final_metrics(d) for d in args.dirs if os.path.isdir(d)}
+    rows = {
+        os.path.basename(os.path.normpath(d)): final_metrics(d)
+        for d in args.dirs
+        if os.path.isdir(d)
+    }
     keys = sorted({k for r in rows.values() for k in r if k != "iteration"})
     print("| run | iteration | " + " | ".join(keys) + " |")
     print("|---" * (len(keys) + 2) + "|")

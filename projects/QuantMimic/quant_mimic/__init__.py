@@ -2,18 +2,37 @@
 
 Importing this package registers, once, every component with detectron2's registries.
 """
+
 import warnings
 
 # detectron2 (April 2024) still calls torch.jit.script, which torch >= 2.10 flags on every import.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=".*torch.jit.script.* is deprecated", category=FutureWarning
+)
 
 from . import data  # noqa: F401  (registers datasets)
 from .config import add_quantmimic_config
-from .engine import Trainer, setup_cfg
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
+from .engine import Trainer, setup_cfg
 from .mimic_rcnn import MimicRCNN, mimic_loss
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
 from .rfcn import RFCNROIHeads
 from .vgg import VGG16, build_divided_vgg_backbone
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "add_quantmimic_config",
+    "setup_cfg",
+    "Trainer",
+    "quantize",
+    "QuantizedBackbone",
+    "build_quantized_backbone",
+    "build_divided_resnet_backbone",
+    "DividedRes5ROIHeads",
+    "VGG16",
+    "build_divided_vgg_backbone",
+    "RFCNROIHeads",
+    "MimicRCNN",
+    "mimic_loss",
+]

@@ -1,4 +1,5 @@
 """Config keys added by QuantMimic. Paper: Wei et al., "Quantization Mimic", ECCV 2018."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_quantmimic_config"]
@@ -7,8 +8,8 @@ __all__ = ["add_quantmimic_config"]
 def add_quantmimic_config(cfg: CN) -> None:
     """
     Add QuantMimic's config nodes to a detectron2 config (in place). Call it before
-    ``merge_from_file``. Float keys are declared as floats: write ``1.0``, not ``1`` (yacs rejects an
-    int where a float is declared).
+    ``merge_from_file``. Float keys are declared as floats: write ``1.0``, not ``1`` (yacs rejects
+    an int where a float is declared).
     """
     _C = cfg
 
@@ -24,15 +25,16 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Channel-divided VGG16 (build_divided_vgg_backbone, vgg.py)
     # ---------------------------------------------------------------------------------------------
     _C.MODEL.VGG = CN()
-    # n of "VGG-1-n" (paper §4.1, Table 1): the 13 conv widths (64, 128, 256, 512, 512) are divided by
-    # n, at least 1 channel. VGG-1-4 (teacher) has 128 channels in conv5, VGG-1-32 (student) 16.
+    # n of "VGG-1-n" (paper §4.1, Table 1): the 13 conv widths (64, 128, 256, 512, 512) are divided
+    # by n, at least 1 channel. VGG-1-4 (teacher) has 128 channels in conv5, VGG-1-32 (student) 16.
     _C.MODEL.VGG.CHANNEL_DIVISOR = 1
-    # Normalization after every conv: "" (none, the original VGG16), "BN", "SyncBN", "GN", "FrozenBN".
-    # Use "BN" (or "GN") when training from scratch.
+    # Normalization after every conv: "" (none, the original VGG16), "BN", "SyncBN", "GN",
+    # "FrozenBN". Use "BN" (or "GN") when training from scratch.
     _C.MODEL.VGG.NORM = ""
     # Outputs to return, from "vgg1" (conv1_2, stride 1) ... "vgg5" (conv5_3, stride 16; no pool5).
     _C.MODEL.VGG.OUT_FEATURES = ["vgg5"]
-    # Freeze the first N conv blocks (0 = train all, 1..5). Frozen blocks also freeze their norm layers.
+    # Freeze the first N conv blocks (0 = train all, 1..5). Frozen blocks also freeze their norm
+    # layers.
     _C.MODEL.VGG.FREEZE_AT = 0
 
     # ---------------------------------------------------------------------------------------------
@@ -45,14 +47,16 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.QUANTIZATION.BACKBONE_NAME = "build_divided_resnet_backbone"
     # Names of the backbone outputs to quantize; [] = all of them ("the output feature map").
     _C.MODEL.QUANTIZATION.IN_FEATURES = []
-    # Quantization stride s of the code book D = {0, s, 2s, ...} (eq. 2); the paper uses s = 1 (§3.5).
-    # For "pow2", s is the scale of the level 2^0.
+    # Quantization stride s of the code book D = {0, s, 2s, ...} (eq. 2); the paper uses s = 1
+    # (§3.5). For "pow2", s is the scale of the level 2^0.
     _C.MODEL.QUANTIZATION.STRIDE = 1.0
     # Code book: "uniform" (eq. 2, the paper's method) or "pow2" ({0} ∪ {s·2^k}, Table 6).
     _C.MODEL.QUANTIZATION.METHOD = "uniform"
-    # Upper clip of the quantized value (largest level ≤ CLIP); 0.0 = no clip (the paper does not clip).
+    # Upper clip of the quantized value (largest level ≤ CLIP); 0.0 = no clip (the paper does not
+    # clip).
     _C.MODEL.QUANTIZATION.CLIP = 0.0
-    # Smallest exponent k of the power-of-2 code book s·2^k ("pow2" only); values ≤ s·2^(k-1) go to 0.
+    # Smallest exponent k of the power-of-2 code book s·2^k ("pow2" only); values ≤ s·2^(k-1)
+    # go to 0.
     _C.MODEL.QUANTIZATION.POW2_MIN_EXP = -8
 
     # ---------------------------------------------------------------------------------------------
@@ -63,8 +67,8 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Config file of the teacher detector (a path in this repo, or absolute). It may itself use a
     # quantized backbone (the paper's quantized teacher, §3.3).
     _C.MODEL.MIMIC.TEACHER.CONFIG_FILE = ""
-    # Teacher checkpoint, loaded strictly when the model is built for training (Trainer.build_model).
-    # "" = random teacher (tests only; a warning is logged).
+    # Teacher checkpoint, loaded strictly when the model is built for training
+    # (Trainer.build_model). "" = random teacher (tests only; a warning is logged).
     _C.MODEL.MIMIC.TEACHER.WEIGHTS = ""
     # Student feature maps to mimic; [] = MODEL.ROI_HEADS.IN_FEATURES ("the end of the feature
     # extractor", §3.2).
@@ -89,8 +93,8 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.MIMIC.ADAPTER = "conv1x1"
     # Apply Q to the teacher's RoI features, Q(f_t^i) in eq. 6 (Table 4).
     _C.MODEL.MIMIC.QUANTIZE_TEACHER = True
-    # Apply Q to the adapted student RoI features, Q(r(f_s^i)) in eq. 6 (Table 4). Both False = Li et
-    # al.'s mimic (eq. 5).
+    # Apply Q to the adapted student RoI features, Q(r(f_s^i)) in eq. 6 (Table 4). Both False = Li
+    # et al.'s mimic (eq. 5).
     _C.MODEL.MIMIC.QUANTIZE_STUDENT = True
     # Stride s of Q in the loss (eq. 2); the paper uses 1.
     _C.MODEL.MIMIC.QUANT_STRIDE = 1.0
@@ -109,14 +113,16 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.MIMIC.MISMATCH_THRESHOLD = 0.3
 
     # ---------------------------------------------------------------------------------------------
-    # R-FCN head (RFCNROIHeads, rfcn.py): MODEL.ROI_HEADS.NAME = "RFCNROIHeads". It reads the one map
-    # in MODEL.ROI_HEADS.IN_FEATURES; class-agnostic boxes follow MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG
-    # and box regression weights/loss follow MODEL.ROI_BOX_HEAD as for Fast R-CNN.
+    # R-FCN head (RFCNROIHeads, rfcn.py): MODEL.ROI_HEADS.NAME = "RFCNROIHeads". It reads the one
+    # map in MODEL.ROI_HEADS.IN_FEATURES; class-agnostic boxes follow
+    # MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG, box regression weights and loss follow
+    # MODEL.ROI_BOX_HEAD as for Fast R-CNN.
     # ---------------------------------------------------------------------------------------------
     _C.MODEL.RFCN = CN()
     # Channels of the 1×1 "conv_new" + ReLU before the score maps (py-R-FCN: 1024); 0 = none.
     _C.MODEL.RFCN.CONV_NEW_DIM = 0
-    # k of the k×k position-sensitive bins (R-FCN paper: 7; Quantization Mimic, WIDER FACE: 3, §3.5).
+    # k of the k×k position-sensitive bins (R-FCN paper: 7; Quantization Mimic, WIDER FACE: 3,
+    # §3.5).
     _C.MODEL.RFCN.POOLER_RESOLUTION = 7
     # "PSROIAlign" (torchvision ps_roi_align) or "PSROIPool" (ps_roi_pool, py-R-FCN's PSROIPooling).
     _C.MODEL.RFCN.POOLER_TYPE = "PSROIAlign"

@@ -1,10 +1,11 @@
 """Channel-divided ResNets ("ResNet18-1-16", paper §4.2, Tables 7-9) and their C4 box head.
 
 "ResNet18-1-n" is ResNet18 with the number of filters of every conv layer divided by n. detectron2's
-``build_resnet_backbone`` hard-codes the widths (and asserts RES2_OUT_CHANNELS == 64 for R18/R34), and
-its ``Res5ROIHeads`` always builds Bottleneck blocks, so both are rebuilt here on detectron2's own
-``BasicStem`` / ``BasicBlock`` / ``BottleneckBlock`` / ``ResNet.make_stage``.
+``build_resnet_backbone`` hard-codes the widths (and asserts RES2_OUT_CHANNELS == 64 for R18/R34),
+and its ``Res5ROIHeads`` always builds Bottleneck blocks, so both are rebuilt here on
+detectron2's own ``BasicStem`` / ``BasicBlock`` / ``BottleneckBlock`` / ``ResNet.make_stage``.
 """
+
 import logging
 from typing import Tuple
 
@@ -58,7 +59,9 @@ def _stage_kwargs(cfg: CfgNode, stage_idx: int, in_channels: int) -> Tuple[dict,
 def _check_resnet_cfg(cfg: CfgNode) -> None:
     r = cfg.MODEL.RESNETS
     if r.DEPTH not in _BLOCKS_PER_STAGE:
-        raise ValueError(f"Unknown MODEL.RESNETS.DEPTH: {r.DEPTH}; expected {list(_BLOCKS_PER_STAGE)}")
+        raise ValueError(
+            f"Unknown MODEL.RESNETS.DEPTH: {r.DEPTH}; expected {list(_BLOCKS_PER_STAGE)}"
+        )
     divide_channels(1, r.CHANNEL_DIVISOR)
     assert not any(r.DEFORM_ON_PER_STAGE), "Deformable conv is not supported by the divided ResNet"
     assert r.RES5_DILATION == 1, "MODEL.RESNETS.RES5_DILATION must be 1 for the divided ResNet"
@@ -75,7 +78,8 @@ def build_divided_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNe
     ResNet-{18,34,50,101} with every conv width divided by n = ``MODEL.RESNETS.CHANNEL_DIVISOR``
     ("ResNet18-1-n", paper §4.2). Stage names res2..res5, strides 4, 8, 16, 32. Honours
     ``MODEL.BACKBONE.FREEZE_AT``, ``MODEL.RESNETS.NORM`` (use "BN" from scratch) and
-    ``MODEL.RESNETS.OUT_FEATURES``. With n = 1 the network is detectron2's ``build_resnet_backbone``.
+    ``MODEL.RESNETS.OUT_FEATURES``. With n = 1 the network is detectron2's
+    ``build_resnet_backbone``.
 
     Returns:
         ResNet: a detectron2 :class:`ResNet`; e.g. R18-1-16 has widths stem 4, res2 4, res3 8,
@@ -107,8 +111,8 @@ def build_divided_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNe
 
 def build_divided_res5_block(cfg: CfgNode) -> Tuple[nn.Sequential, int]:
     """
-    The res5 stage of the divided ResNet, run per RoI in a C4 detector (stride 2 in its first block).
-    BasicBlocks for R18/R34, Bottlenecks otherwise.
+    The res5 stage of the divided ResNet, run per RoI in a C4 detector (stride 2 in its first
+    block). BasicBlocks for R18/R34, Bottlenecks otherwise.
 
     Returns:
         (nn.Sequential, int): the blocks and their output channels.

@@ -1,4 +1,5 @@
 """Training entry points: config setup and a ``DefaultTrainer`` for QuantMimic models."""
+
 import logging
 import os
 import weakref
@@ -7,10 +8,10 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
+from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
 from detectron2.engine.train_loop import AMPTrainer, TrainerBase
 from detectron2.evaluation import COCOEvaluator
-from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -73,7 +74,9 @@ class Trainer(DefaultTrainer):
             model, data_loader, optimizer
         )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = DetectionCheckpointer(
+            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

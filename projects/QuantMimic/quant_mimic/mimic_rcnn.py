@@ -9,6 +9,7 @@ where f_t^i, f_s^i are the features of the i-th of N region proposals pooled fro
 the student's feature maps at the end of their feature extractors, r is an adapter from student to
 teacher channels and Q the quantizer of eq. 1-2. Without Q this is Li et al.'s mimic (eq. 5).
 """
+
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -82,7 +83,7 @@ def _resolve(path: str) -> str:
 
 
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
-    """The teacher's config: detectron2 + QuantMimic defaults, ``MODEL.MIMIC.TEACHER.CONFIG_FILE``."""
+    """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
     path = _resolve(cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE)
     if not path or not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.MIMIC.TEACHER.CONFIG_FILE not found: {path!r}")
@@ -113,14 +114,19 @@ def load_teacher_strict(teacher: nn.Module, path: str) -> None:
     checkpointer = _RecordingCheckpointer(teacher)
     local = checkpointer.path_manager.get_local_path(path) if path else path
     if not path or not os.path.isfile(local):
-        raise FileNotFoundError(f"Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS not found: {path!r}")
+        raise FileNotFoundError(
+            f"Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS not found: {path!r}"
+        )
     checkpointer.load(local, checkpointables=[])
     incompatible = checkpointer.incompatible
     problems = []
     if incompatible.incorrect_shapes:
         problems.append(
             "shape mismatch: "
-            + ", ".join(f"{k} {tuple(a)} in file vs {tuple(b)} in model" for k, a, b in incompatible.incorrect_shapes)
+            + ", ".join(
+                f"{k} {tuple(a)} in file vs {tuple(b)} in model"
+                for k, a, b in incompatible.incorrect_shapes
+            )
         )
     if incompatible.missing_keys:
         problems.append(f"missing in file: {sorted(incompatible.missing_keys)}")
@@ -140,10 +146,10 @@ class MimicRCNN(GeneralizedRCNN):
     A :class:`GeneralizedRCNN` student (any backbone, RPN and ROI head) trained with the RoI mimic
     loss against a frozen teacher (paper §3.2-3.3).
 
-    The teacher is built from its own config file, loaded (strictly) by :meth:`load_teacher`, kept in
-    eval mode, run under ``no_grad`` and only up to its backbone. It is *not* a submodule: it is not
-    in ``state_dict()`` (so never in checkpoints), not in the optimizer, not wrapped by DDP, and not
-    switched to train mode by ``model.train()``; it follows the student's device (``.to()``).
+    The teacher is built from its own config file, loaded (strictly) by :meth:`load_teacher`, kept
+    in eval mode, run under ``no_grad`` and only up to its backbone. It is *not* a submodule: it is
+    not in ``state_dict()`` (so never in checkpoints), not in the optimizer, not wrapped by DDP, and
+    not switched to train mode by ``model.train()``; it follows the student's device (``.to()``).
     The adapters r are submodules (in the student's checkpoint) and unused at inference, which is
     exactly the student's.
     """
@@ -190,9 +196,9 @@ class MimicRCNN(GeneralizedRCNN):
             kwargs: :class:`GeneralizedRCNN` arguments of the student.
         """
         super().__init__(**kwargs)
-        assert len(student_features) == len(teacher_features) == len(adapters), (
-            "MODEL.MIMIC.STUDENT_FEATURES and TEACHER_FEATURES must pair up one to one"
-        )
+        assert (
+            len(student_features) == len(teacher_features) == len(adapters)
+        ), "MODEL.MIMIC.STUDENT_FEATURES and TEACHER_FEATURES must pair up one to one"
         teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -227,7 +233,8 @@ class MimicRCNN(GeneralizedRCNN):
         tcfg = build_teacher_cfg(cfg)
         assert tcfg.MODEL.META_ARCHITECTURE != "MimicRCNN", "A MimicRCNN cannot be a teacher"
         assert tcfg.INPUT.FORMAT == cfg.INPUT.FORMAT, (
-            f"Teacher INPUT.FORMAT {tcfg.INPUT.FORMAT} != student {cfg.INPUT.FORMAT}: both read the same images"
+            f"Teacher INPUT.FORMAT {tcfg.INPUT.FORMAT} != student {cfg.INPUT.FORMAT}: "
+            "both read the same images"
         )
         teacher = build_model(tcfg)
         s_shapes = ret["backbone"].output_shape()
@@ -236,7 +243,9 @@ class MimicRCNN(GeneralizedRCNN):
         t_names = list(m.TEACHER_FEATURES) or list(tcfg.MODEL.ROI_HEADS.IN_FEATURES)
         for names, shapes, who in ((s_names, s_shapes, "student"), (t_names, t_shapes, "teacher")):
             missing = [n for n in names if n not in shapes]
-            assert not missing, f"Mimic features {missing} are not {who} backbone outputs {list(shapes)}"
+            assert (
+                not missing
+            ), f"Mimic features {missing} are not {who} backbone outputs {list(shapes)}"
         adapters, s_poolers, t_poolers = [], [], []
         for s_name, t_name in zip(s_names, t_names):
             cs, ct = s_shapes[s_name].channels, t_shapes[t_name].channels
@@ -245,12 +254,17 @@ class MimicRCNN(GeneralizedRCNN):
                 nn.init.normal_(adapter.weight, std=0.01)
                 nn.init.zeros_(adapter.bias)
             elif m.ADAPTER == "identity":
-                assert cs == ct, f"ADAPTER 'identity' needs equal channels, got student {cs}, teacher {ct}"
+                assert (
+                    cs == ct
+                ), f"ADAPTER 'identity' needs equal channels, got student {cs}, teacher {ct}"
                 adapter = nn.Identity()
             else:
                 raise ValueError(f"Unknown MODEL.MIMIC.ADAPTER: {m.ADAPTER}")
             adapters.append(adapter)
-            for shapes, name, poolers in ((s_shapes, s_name, s_poolers), (t_shapes, t_name, t_poolers)):
+            for shapes, name, poolers in (
+                (s_shapes, s_name, s_poolers),
+                (t_shapes, t_name, t_poolers),
+            ):
                 poolers.append(
                     ROIPooler(
                         output_size=m.POOLER_RESOLUTION,
@@ -302,11 +316,13 @@ class MimicRCNN(GeneralizedRCNN):
         return self
 
     def current_loss_weight(self, iteration: int) -> float:
-        """λ at ``iteration``: 0 outside [START_ITER, STOP_ITER), linear warm-up after START_ITER."""
+        """λ at ``iteration``: 0 outside [START_ITER, STOP_ITER), linear warm-up from START_ITER."""
         if iteration < self.start_iter or (0 <= self.stop_iter <= iteration):
             return 0.0
         if self.warmup_iters > 0:
-            return self.loss_weight * min(1.0, (iteration - self.start_iter + 1) / self.warmup_iters)
+            return self.loss_weight * min(
+                1.0, (iteration - self.start_iter + 1) / self.warmup_iters
+            )
         return self.loss_weight
 
     def mimic_boxes(
@@ -315,14 +331,16 @@ class MimicRCNN(GeneralizedRCNN):
         """The N boxes per image to mimic on: top ``num_rois`` RPN proposals (+ GT), detached."""
         boxes = []
         for i, p in enumerate(proposals):
-            # detectron2's RPN returns proposals after NMS sorted by objectness, computed without grad.
+            # detectron2's RPN returns proposals after NMS, sorted by objectness, without grad.
             b = p.proposal_boxes.tensor[: self.num_rois].detach()
             if self.add_gt_boxes and gt_instances is not None:
                 b = torch.cat([b, gt_instances[i].gt_boxes.tensor.to(b)], dim=0)
             boxes.append(Boxes(b))
         return boxes
 
-    def mimic_losses(self, batched_inputs, student_features, boxes: List[Boxes]) -> Dict[str, torch.Tensor]:
+    def mimic_losses(
+        self, batched_inputs, student_features, boxes: List[Boxes]
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             batched_inputs (list[dict]): the model inputs (the teacher preprocesses them itself).
@@ -369,11 +387,14 @@ class MimicRCNN(GeneralizedRCNN):
         if not self.teacher_loaded:
             if self.teacher_weights:
                 raise RuntimeError(
-                    "MimicRCNN is training but its teacher is not loaded: call model.load_teacher() "
-                    "(quant_mimic.Trainer.build_model does) or set MODEL.MIMIC.TEACHER.WEIGHTS ''"
+                    "MimicRCNN is training but its teacher is not loaded: call "
+                    "model.load_teacher() (quant_mimic.Trainer.build_model does) or set "
+                    "MODEL.MIMIC.TEACHER.WEIGHTS ''"
                 )
             if not self._warned_random_teacher:
-                logger.warning("MODEL.MIMIC.TEACHER.WEIGHTS is empty: the teacher is randomly initialised")
+                logger.warning(
+                    "MODEL.MIMIC.TEACHER.WEIGHTS is empty: the teacher is randomly initialised"
+                )
                 self._warned_random_teacher = True
         images = self.preprocess_image(batched_inputs)
         gt_instances = None

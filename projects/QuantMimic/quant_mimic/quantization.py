@@ -8,20 +8,20 @@ where α, β, γ are adjacent entries of the code book
 
     D = {0, s, 2s, 3s, ...}                                                        (eq. 2)
 
-and s is the quantization stride (s = 1 in all of the paper's experiments, §3.5). Backward passes the
-full-precision gradient (straight-through, "inspired by BNN"). Table 6 compares this uniform code book
-with a power-of-2 one, {0} ∪ {2^k}.
+and s is the quantization stride (s = 1 in all of the paper's experiments, §3.5). Backward passes
+the full-precision gradient (straight-through, "inspired by BNN"). Table 6 compares this uniform
+code book with a power-of-2 one, {0} ∪ {2^k}.
 
 This module provides the pure function :func:`quantize` (used here and by the mimic loss, eq. 6) and
 :class:`QuantizedBackbone`, a backbone wrapper that quantizes selected outputs of any registered
 backbone; registered as ``build_quantized_backbone``.
 """
+
 import logging
 import math
 from typing import Dict, List, Optional
 
 import torch
-from torch import nn
 
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
@@ -39,15 +39,18 @@ QUANTIZATION_METHODS = ("uniform", "pow2")
 
 
 def _uniform_levels(x: torch.Tensor, stride: float, clip: Optional[float]) -> torch.Tensor:
-    # Index β/s of the level of eq. 1: x ∈ ((k - 1/2)s, (k + 1/2)s] -> k. ceil() puts an exact midpoint
-    # on the lower level (torch.round would send 2.5 to 2 but 3.5 to 4: "round half to even").
+    # Index β/s of the level of eq. 1: x ∈ ((k - 1/2)s, (k + 1/2)s] -> k. ceil() puts an exact
+    # midpoint on the lower level (torch.round would send 2.5 to 2 but 3.5 to 4: "round half to
+    # even").
     k = torch.ceil(x / stride - 0.5).clamp_(min=0)
     if clip is not None:
         k = k.clamp_(max=math.floor(clip / stride))
     return k * stride
 
 
-def _pow2_levels(x: torch.Tensor, stride: float, clip: Optional[float], min_exp: int) -> torch.Tensor:
+def _pow2_levels(
+    x: torch.Tensor, stride: float, clip: Optional[float], min_exp: int
+) -> torch.Tensor:
     # Code book {0} ∪ {s·2^k : k ≥ min_exp}; nearest level, a midpoint goes to the lower level.
     y = x / stride
     smallest = 2.0**min_exp
@@ -66,7 +69,7 @@ def _pow2_levels(x: torch.Tensor, stride: float, clip: Optional[float], min_exp:
 
 
 class _QuantizeSTE(torch.autograd.Function):
-    """Q in the forward pass, identity in the backward pass (paper §3.1, full-precision gradient)."""
+    """Q in the forward pass, identity in the backward pass (§3.1, full-precision gradient)."""
 
     @staticmethod
     def forward(ctx, x, stride, method, clip, min_exp):
@@ -91,12 +94,12 @@ def quantize(
 
     Args:
         x (Tensor): any shape, any floating dtype.
-        stride (float): s > 0. Uniform: the code book is {0, s, 2s, ...} (eq. 2). Power-of-2: the code
-            book is {0} ∪ {s·2^k : k ≥ pow2_min_exp}, i.e. s is the scale of the level 2^0.
+        stride (float): s > 0. Uniform: the code book is {0, s, 2s, ...} (eq. 2). Power-of-2:
+            the code book is {0} ∪ {s·2^k : k ≥ pow2_min_exp}, i.e. s is the scale of the level 2^0.
         method (str): "uniform" (the paper's choice) or "pow2" (Table 6 ablation).
         clip (float or None): if given, values are capped at the largest level ≤ clip.
-        pow2_min_exp (int): smallest exponent of the power-of-2 code book; values at or below half of
-            s·2^pow2_min_exp go to 0. Ignored for "uniform".
+        pow2_min_exp (int): smallest exponent of the power-of-2 code book; values at or below
+            half of s·2^pow2_min_exp go to 0. Ignored for "uniform".
 
     Returns:
         Tensor: same shape and dtype as ``x``, every entry on the code book. A value exactly midway
@@ -104,7 +107,9 @@ def quantize(
         values) go to 0. The gradient w.r.t. ``x`` is the identity.
     """
     if method not in QUANTIZATION_METHODS:
-        raise ValueError(f"Unknown quantization method: {method!r}; expected one of {QUANTIZATION_METHODS}")
+        raise ValueError(
+            f"Unknown quantization method: {method!r}; expected one of {QUANTIZATION_METHODS}"
+        )
     if not stride > 0:
         raise ValueError(f"Quantization stride must be > 0, got {stride}")
     if clip is not None and clip <= 0:
@@ -208,7 +213,9 @@ def _drop_inner_prefix(module, state_dict, prefix, local_metadata):
 
 
 def _add_inner_prefix(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _INNER)]:
+    for key in [
+        k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _INNER)
+    ]:
         state_dict[prefix + _INNER + key[len(prefix) :]] = state_dict.pop(key)
 
 

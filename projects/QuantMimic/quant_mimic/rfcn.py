@@ -6,12 +6,13 @@ Detectron2 has no R-FCN; this head follows py-R-FCN:
 * optional 1×1 "conv_new" (+ReLU) on the feature map;
 * 1×1 convs to k²·(C+1) position-sensitive class maps and k²·4 (class-agnostic, py-R-FCN's default)
   or k²·4C box maps; channel ``c·k² + i·k + j`` holds class c at bin (i, j);
-* position-sensitive RoI pooling (torchvision ``ps_roi_pool`` / ``ps_roi_align``), then average voting
-  over the k×k bins;
+* position-sensitive RoI pooling (torchvision ``ps_roi_pool`` / ``ps_roi_align``), then
+  average voting over the k×k bins;
 * detectron2's proposal labelling, ``FastRCNNOutputLayers`` losses and inference;
 * OHEM: all proposals are scored, the B hardest by per-RoI loss (optionally after NMS among RoIs, as
   in the OHEM paper; py-R-FCN does not) are back-propagated.
 """
+
 import logging
 from typing import Dict, List, Optional, Tuple
 
@@ -60,15 +61,21 @@ def ps_roi_pool_vote(
     """
     assert score_maps.shape[1] % (k * k) == 0, f"{score_maps.shape[1]} channels is not D·k² (k={k})"
     if pooler_type == "PSROIAlign":
-        pooled = ps_roi_align(score_maps, boxes, k, spatial_scale, sampling_ratio if sampling_ratio > 0 else -1)
+        pooled = ps_roi_align(
+            score_maps, boxes, k, spatial_scale, sampling_ratio if sampling_ratio > 0 else -1
+        )
     elif pooler_type == "PSROIPool":
         pooled = ps_roi_pool(score_maps, boxes, k, spatial_scale)
     else:
-        raise ValueError(f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}")
+        raise ValueError(
+            f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}"
+        )
     return pooled.mean(dim=(2, 3))
 
 
-def ohem_select(losses: torch.Tensor, boxes: torch.Tensor, num: int, nms_thresh: float = -1.0) -> torch.Tensor:
+def ohem_select(
+    losses: torch.Tensor, boxes: torch.Tensor, num: int, nms_thresh: float = -1.0
+) -> torch.Tensor:
     """
     Online hard example mining for one image: the indices of the ``num`` RoIs of highest loss.
 
@@ -91,14 +98,14 @@ def ohem_select(losses: torch.Tensor, boxes: torch.Tensor, num: int, nms_thresh:
 
 class RFCNOutputLayers(FastRCNNOutputLayers):
     """
-    detectron2's ``FastRCNNOutputLayers`` losses and inference, with R-FCN's voting in place of the two
-    linear layers: it has no parameters; ``forward`` takes already-voted scores and deltas.
+    detectron2's ``FastRCNNOutputLayers`` losses and inference, with R-FCN's voting in place of the
+    two linear layers: it has no parameters; ``forward`` takes already-voted scores and deltas.
     """
 
     @configurable
     def __init__(self, **kwargs):
         super().__init__(input_shape=ShapeSpec(channels=1), **kwargs)
-        # R-FCN predicts with position-sensitive convs in RFCNROIHeads; the linear layers are unused.
+        # R-FCN predicts with position-sensitive convs in RFCNROIHeads: no linear layers.
         del self.cls_score
         del self.bbox_pred
 
@@ -126,7 +133,11 @@ class RFCNOutputLayers(FastRCNNOutputLayers):
             Tensor: (R,) for the concatenated proposals.
         """
         scores, deltas = predictions
-        gt_classes = torch.cat([p.gt_classes for p in proposals]) if proposals else scores.new_zeros(0).long()
+        gt_classes = (
+            torch.cat([p.gt_classes for p in proposals])
+            if proposals
+            else scores.new_zeros(0).long()
+        )
         loss = F.cross_entropy(scores, gt_classes, reduction="none")
         fg = (gt_classes >= 0) & (gt_classes < self.num_classes)
         if fg.any():
@@ -137,10 +148,16 @@ class RFCNOutputLayers(FastRCNNOutputLayers):
             targets = self.box2box_transform.get_deltas(proposal_boxes[fg], gt_boxes[fg])
             d = deltas[fg]
             if d.shape[1] != 4:  # class-specific: the deltas of the ground-truth class
-                d = d.view(-1, self.num_classes, 4)[torch.arange(d.shape[0], device=d.device), gt_classes[fg]]
+                d = d.view(-1, self.num_classes, 4)[
+                    torch.arange(d.shape[0], device=d.device), gt_classes[fg]
+                ]
             beta = self.smooth_l1_beta
             diff = (d - targets).abs()
-            box = torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta) if beta > 0 else diff
+            box = (
+                torch.where(diff < beta, 0.5 * diff**2 / beta, diff - 0.5 * beta)
+                if beta > 0
+                else diff
+            )
             loss = loss.clone()
             loss[fg] += box.sum(dim=1)
         return loss
@@ -188,7 +205,9 @@ class RFCNROIHeads(ROIHeads):
         super().__init__(**kwargs)
         assert len(in_features) == 1, f"R-FCN reads one feature map, got {in_features}"
         if pooler_type not in PS_POOLER_TYPES:
-            raise ValueError(f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}")
+            raise ValueError(
+                f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}"
+            )
         self.in_features = list(in_features)
         self.spatial_scale = 1.0 / feature_stride
         self.k = k
@@ -247,10 +266,12 @@ class RFCNROIHeads(ROIHeads):
         keep = torch.nonzero(gt_classes != -1).squeeze(1)
         return keep, gt_classes[keep]
 
-    def predict(self, features: Dict[str, torch.Tensor], boxes: List[Boxes]) -> Tuple[torch.Tensor, torch.Tensor]:
+    def predict(
+        self, features: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """
         Returns:
-            (Tensor, Tensor): scores (R, C+1) and deltas (R, 4) or (R, 4C) for the concatenated boxes.
+            (Tensor, Tensor): scores (R, C+1) and deltas (R, 4) or (R, 4C), boxes concatenated.
         """
         x = features[self.in_features[0]]
         if self.conv_new is not None:
@@ -263,7 +284,9 @@ class RFCNROIHeads(ROIHeads):
 
     def _ohem(self, predictions, proposals: List[Instances]):
         with torch.no_grad():
-            losses = self.box_predictor.per_roi_losses(tuple(p.detach() for p in predictions), proposals)
+            losses = self.box_predictor.per_roi_losses(
+                tuple(p.detach() for p in predictions), proposals
+            )
         keep_local, keep_global, start = [], [], 0
         for p in proposals:
             idx = ohem_select(
@@ -302,4 +325,3 @@ class RFCNROIHeads(ROIHeads):
             return proposals, self.box_predictor.losses(predictions, proposals)
         pred_instances, _ = self.box_predictor.inference(predictions, proposals)
         return pred_instances, {}
-

@@ -1,8 +1,9 @@
 """Channel-divided VGG16 backbone ("VGG-1-4", "VGG-1-32", paper §4.1, Tables 1-3).
 
-VGG16's 13 convs (conv1_1 .. conv5_3, 3×3, ReLU) with max-pooling after blocks 1-4 and no pool5, so the
-last map has stride 16 as in py-R-FCN. "VGG-1-n" divides every conv width by n.
+VGG16's 13 convs (conv1_1 .. conv5_3, 3×3, ReLU) with max-pooling after blocks 1-4 and no pool5, so
+the last map has stride 16 as in py-R-FCN. "VGG-1-n" divides every conv width by n.
 """
+
 import logging
 from collections import OrderedDict
 from typing import Dict, List
@@ -43,7 +44,7 @@ class VGG16(Backbone):
     ):
         """
         Args:
-            in_channels (int): 3 for BGR/RGB input, 1 for grayscale (the paper's WIDER FACE setting).
+            in_channels (int): 3 for BGR/RGB input, 1 for grey (the paper's WIDER FACE setting).
             channel_divisor (int): n of "VGG-1-n"; widths 64/n, 128/n, 256/n, 512/n, 512/n (min 1).
             norm (str): norm after each conv ("" for none, "BN", "GN", ...; see get_norm).
             out_features (list[str]): names among "vgg1".."vgg5" to return.

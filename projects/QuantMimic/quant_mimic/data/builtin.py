@@ -3,6 +3,7 @@
 Pascal VOC uses detectron2's own built-in ``voc_2007_trainval``, ``voc_2012_trainval`` and
 ``voc_2007_test`` (registered by detectron2 under ``$DETECTRON2_DATASETS``).
 """
+
 import os
 
 from detectron2.data import DatasetCatalog
@@ -24,13 +25,24 @@ def register_all_quantmimic_datasets(root: str = None) -> None:
     """
     root = root or os.getenv("DETECTRON2_DATASETS", "datasets")
     registered = set(DatasetCatalog.list())
-    todo = [(f"widerface_{s}", register_widerface, (os.path.join(root, "widerface"), s)) for s in ("train", "val", "test")]
+    todo = [
+        (f"widerface_{s}", register_widerface, (os.path.join(root, "widerface"), s))
+        for s in ("train", "val", "test")
+    ]
     synth = os.path.join(root, "synth")
     todo += [
         ("synth_faces_train", register_widerface, (os.path.join(synth, "widerface"), "train")),
         ("synth_faces_val", register_widerface, (os.path.join(synth, "widerface"), "val")),
-        ("synth_voc_trainval", register_voc, (os.path.join(synth, "VOC2007"), "trainval", 2007, VOC_CLASSES)),
-        ("synth_voc_test", register_voc, (os.path.join(synth, "VOC2007"), "test", 2007, VOC_CLASSES)),
+        (
+            "synth_voc_trainval",
+            register_voc,
+            (os.path.join(synth, "VOC2007"), "trainval", 2007, VOC_CLASSES),
+        ),
+        (
+            "synth_voc_test",
+            register_voc,
+            (os.path.join(synth, "VOC2007"), "test", 2007, VOC_CLASSES),
+        ),
     ]
     for name, fn, args in todo:
         if name not in registered:

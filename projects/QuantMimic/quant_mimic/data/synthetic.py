@@ -7,16 +7,18 @@
 
 faces: real face crops shipped with scikit-image (``skimage.data.lfw_subset()``: 100 faces, plus 100
 non-faces pasted as 2-8 distractors per image, processed like faces) on real textures (brick, grass,
-gravel, moon, camera), 6 to ~120 px (log-uniform), with contrast ×0.25-1.1, blur and sensor noise. Difficulty subsets (the .mat keep lists), by face size s and blur b:
-easy = s ≥ 40 and b ≤ 1; medium = easy ∪ {s ≥ 20 and b ≤ 1}; hard = every valid face (including
-6-20 px and heavily blurred ones). Faces under 8 px are written with ``invalid = 1`` (kept in the
-files, out of training targets and of every keep list), like WIDER's unlabelable faces.
+gravel, moon, camera), 6 to ~120 px (log-uniform), with contrast ×0.25-1.1, blur and sensor noise.
+Difficulty subsets (the .mat keep lists), by face size s and blur b: easy = s ≥ 40 and b ≤ 1; medium
+= easy ∪ {s ≥ 20 and b ≤ 1}; hard = every valid face (including 6-20 px and heavily blurred ones).
+Faces under 8 px are written with ``invalid = 1`` (kept in the files, out of training targets and of
+every keep list), like WIDER's unlabelable faces.
 
 voc: six classes of real glyphs (the digits 0-5 in OpenCV's Hershey fonts, varied font, stroke and
 colour) on colour photographs shipped with scikit-image; objects under 14 px are ``difficult``.
 
 Output is deterministic for a given seed.
 """
+
 import argparse
 import logging
 import os
@@ -51,7 +53,9 @@ def _skimage():
 def _background(rng, texture: np.ndarray, h: int, w: int) -> np.ndarray:
     th, tw = texture.shape[:2]
     scale = rng.uniform(max(h / th, w / tw), max(h / th, w / tw) * 2.5)
-    tex = cv2.resize(texture, (int(tw * scale) + 1, int(th * scale) + 1), interpolation=cv2.INTER_LINEAR)
+    tex = cv2.resize(
+        texture, (int(tw * scale) + 1, int(th * scale) + 1), interpolation=cv2.INTER_LINEAR
+    )
     y, x = rng.randint(0, tex.shape[0] - h + 1), rng.randint(0, tex.shape[1] - w + 1)
     bg = tex[y : y + h, x : x + w].astype(np.float32)
     return np.clip((bg - bg.mean()) * rng.uniform(0.4, 1.0) + rng.uniform(70, 170), 0, 255)
@@ -60,7 +64,10 @@ def _background(rng, texture: np.ndarray, h: int, w: int) -> np.ndarray:
 def _free_spot(rng, boxes: List[List[int]], s_h: int, s_w: int, h: int, w: int, tries: int = 30):
     for _ in range(tries):
         x, y = rng.randint(0, w - s_w + 1), rng.randint(0, h - s_h + 1)
-        if all(x + s_w <= bx or bx + bw <= x or y + s_h <= by or by + bh <= y for bx, by, bw, bh in boxes):
+        if all(
+            x + s_w <= bx or bx + bw <= x or y + s_h <= by or by + bh <= y
+            for bx, by, bw, bh in boxes
+        ):
             return x, y
     return None
 
@@ -88,12 +95,16 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
             img = _background(rng, textures[e], h, w)
             boxes, rows = [], []
             distractors = []
-            for _ in range(rng.randint(2, 9)):  # distractors: real non-face crops, treated like faces
+            for _ in range(
+                rng.randint(2, 9)
+            ):  # distractors: real non-face crops, treated like faces
                 s = int(np.exp(rng.uniform(np.log(6), np.log(60))))
                 spot = _free_spot(rng, distractors, s, s, h, w)
                 if spot:
                     patch = cv2.resize(nonfaces[rng.randint(100)], (s, s))
-                    patch = (patch - patch.mean()) * rng.uniform(0.25, 1.1) * 255 + rng.uniform(80, 180)
+                    patch = (patch - patch.mean()) * rng.uniform(0.25, 1.1) * 255 + rng.uniform(
+                        80, 180
+                    )
                     img[spot[1] : spot[1] + s, spot[0] : spot[0] + s] = patch
                     distractors.append([spot[0], spot[1], s, s])
             num_faces = 0 if rng.rand() < 0.05 else rng.randint(1, 7)
@@ -105,7 +116,9 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
                 x, y = spot
                 blur, contrast = _face_row(rng, s)
                 face = faces[rng.randint(100)]
-                patch = cv2.resize(face, (s, s), interpolation=cv2.INTER_AREA if s < 25 else cv2.INTER_LINEAR)
+                patch = cv2.resize(
+                    face, (s, s), interpolation=cv2.INTER_AREA if s < 25 else cv2.INTER_LINEAR
+                )
                 patch = (patch - patch.mean()) * contrast * 255 + rng.uniform(80, 180)
                 if blur:
                     sigma = (0.06 if blur == 1 else 0.2) * s + 0.4
@@ -115,7 +128,9 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
                 invalid = int(s < 8)
                 illumination = int(contrast < 0.5)
                 rows.append([x, y, s, s, blur, 0, illumination, invalid, 0, 0])
-            img = np.clip(img + rng.normal(0, rng.uniform(2, 10), img.shape), 0, 255).astype(np.uint8)
+            img = np.clip(img + rng.normal(0, rng.uniform(2, 10), img.shape), 0, 255).astype(
+                np.uint8
+            )
             stem = f"{e}_{event.split('--')[1]}_{split}_{idx:05d}"
             rel = f"{event}/{stem}.jpg"
             path = os.path.join(out, f"WIDER_{split}", "images", rel)
@@ -171,13 +186,15 @@ def _write_val_mats(gt_dir: str, entries) -> None:
         for s in gt_lists:
             gt_lists[s][i, 0] = subs[s]
     common = {"event_list": event_list, "file_list": file_list}
-    scipy.io.savemat(os.path.join(gt_dir, "wider_face_val.mat"), {**common, "face_bbx_list": bbx_list})
+    scipy.io.savemat(
+        os.path.join(gt_dir, "wider_face_val.mat"), {**common, "face_bbx_list": bbx_list}
+    )
     for s, lst in gt_lists.items():
         scipy.io.savemat(os.path.join(gt_dir, f"wider_{s}_val.mat"), {**common, "gt_list": lst})
 
 
 def _glyph(rng, cls: int, target: int):
-    """Render digit ``cls`` and return (mask uint8, colour) cropped to its ink, longest side ~target."""
+    """Render digit ``cls``; return its uint8 mask cropped to the ink, longest side ~target."""
     font = _FONTS[rng.randint(len(_FONTS))]
     thickness = int(rng.randint(2, 5))
     canvas = np.zeros((120, 120), np.uint8)
@@ -185,14 +202,22 @@ def _glyph(rng, cls: int, target: int):
     ys, xs = np.nonzero(canvas > 40)
     mask = canvas[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     scale = target / max(mask.shape)
-    mask = cv2.resize(mask, (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale))))
+    mask = cv2.resize(
+        mask, (max(1, round(mask.shape[1] * scale)), max(1, round(mask.shape[0] * scale)))
+    )
     return mask
 
 
 def generate_voc(out: str, num_train: int, num_val: int, seed: int = 0, size=(192, 256)) -> Dict:
-    """Write a VOC-layout synthetic set (``out`` = the VOC2007-like folder); returns what it wrote."""
+    """Write a VOC-layout synthetic set (``out``: the VOC2007-like folder); return what it wrote."""
     data = _skimage()
-    photos = [data.coffee(), data.astronaut(), data.chelsea(), data.rocket(), data.immunohistochemistry()]
+    photos = [
+        data.coffee(),
+        data.astronaut(),
+        data.chelsea(),
+        data.rocket(),
+        data.immunohistochemistry(),
+    ]
     rng = np.random.RandomState(seed)
     h, w = size
     for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
@@ -214,13 +239,21 @@ def generate_voc(out: str, num_train: int, num_val: int, seed: int = 0, size=(19
                 x, y = spot
                 color = rng.randint(0, 256, size=3).astype(np.float32)
                 alpha = mask.astype(np.float32)[..., None] / 255.0
-                img[y : y + mh, x : x + mw] = img[y : y + mh, x : x + mw] * (1 - alpha) + color * alpha
+                img[y : y + mh, x : x + mw] = (
+                    img[y : y + mh, x : x + mw] * (1 - alpha) + color * alpha
+                )
                 boxes.append([x, y, mw, mh])
                 # VOC: 1-based inclusive pixel indices
-                objects.append((VOC_CLASSES[cls], x + 1, y + 1, x + mw, y + mh, int(min(mw, mh) < 14)))
+                objects.append(
+                    (VOC_CLASSES[cls], x + 1, y + 1, x + mw, y + mh, int(min(mw, mh) < 14))
+                )
             img = np.clip(img + rng.normal(0, 3, img.shape), 0, 255).astype(np.uint8)
             fileid = f"{split}_{idx:06d}"
-            cv2.imwrite(os.path.join(out, "JPEGImages", fileid + ".jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(
+                os.path.join(out, "JPEGImages", fileid + ".jpg"),
+                img,
+                [cv2.IMWRITE_JPEG_QUALITY, 95],
+            )
             _write_voc_xml(os.path.join(out, "Annotations", fileid + ".xml"), fileid, w, h, objects)
             ids.append((fileid, objects))
         with open(os.path.join(out, "ImageSets", "Main", split + ".txt"), "w") as f:
@@ -231,16 +264,19 @@ def generate_voc(out: str, num_train: int, num_val: int, seed: int = 0, size=(19
 
 def _write_voc_xml(path: str, fileid: str, w: int, h: int, objects) -> None:
     objs = "".join(
-        f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n    <truncated>0</truncated>\n"
+        f"  <object>\n    <name>{name}</name>\n    <pose>Unspecified</pose>\n"
+        f"    <truncated>0</truncated>\n"
         f"    <difficult>{difficult}</difficult>\n    <bndbox>\n      <xmin>{x0}</xmin>\n"
-        f"      <ymin>{y0}</ymin>\n      <xmax>{x1}</xmax>\n      <ymax>{y1}</ymax>\n    </bndbox>\n"
+        f"      <ymin>{y0}</ymin>\n      <xmax>{x1}</xmax>\n"
+        f"      <ymax>{y1}</ymax>\n    </bndbox>\n"
         f"  </object>\n"
         for name, x0, y0, x1, y1, difficult in objects
     )
     with open(path, "w") as f:
         f.write(
             f"<annotation>\n  <folder>VOC2007</folder>\n  <filename>{fileid}.jpg</filename>\n"
-            f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n    <depth>3</depth>\n  </size>\n"
+            f"  <size>\n    <width>{w}</width>\n    <height>{h}</height>\n"
+            f"    <depth>3</depth>\n  </size>\n"
             f"  <segmented>0</segmented>\n{objs}</annotation>\n"
         )
 

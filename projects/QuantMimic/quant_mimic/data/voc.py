@@ -1,4 +1,5 @@
 """Pascal VOC loading and registration (detectron2's format and evaluator, one robustness fix)."""
+
 import logging
 import os
 import xml.etree.ElementTree as ET
@@ -45,7 +46,9 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
         for obj in tree.findall("object"):
             name = obj.find("name").text
             if name not in class_names:
-                raise ValueError(f"{anno_file}: unknown class {name!r}; expected one of {list(class_names)}")
+                raise ValueError(
+                    f"{anno_file}: unknown class {name!r}; expected one of {list(class_names)}"
+                )
             box = obj.find("bndbox")
             xyxy = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
             xyxy[0] -= 1.0
@@ -64,13 +67,19 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
     return dicts
 
 
-def register_voc(name: str, dirname: str, split: str, year: int, class_names: Sequence[str]) -> None:
-    """Register a VOC-layout dataset evaluated with the VOC protocol (``evaluator_type`` pascal_voc)."""
+def register_voc(
+    name: str, dirname: str, split: str, year: int, class_names: Sequence[str]
+) -> None:
+    """Register a VOC-layout dataset for the VOC protocol (``evaluator_type`` "pascal_voc")."""
     assert year in (2007, 2012), f"year must be 2007 (11-point AP) or 2012 (area AP), got {year}"
     class_names = list(class_names)
     DatasetCatalog.register(name, lambda: load_voc_instances(dirname, split, class_names))
     MetadataCatalog.get(name).set(
-        thing_classes=class_names, dirname=dirname, year=year, split=split, evaluator_type="pascal_voc"
+        thing_classes=class_names,
+        dirname=dirname,
+        year=year,
+        split=split,
+        evaluator_type="pascal_voc",
     )
 
 
@@ -78,7 +87,9 @@ class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
     """detectron2's VOC evaluator, saying which AP it reports (VOC07 11-point or area under PR)."""
 
     def evaluate(self):
-        metric = "VOC2007 11-point interpolated AP" if self._is_2007 else "VOC2010+ area-under-PR AP"
+        metric = (
+            "VOC2007 11-point interpolated AP" if self._is_2007 else "VOC2010+ area-under-PR AP"
+        )
         results = super().evaluate()
         if results is not None:
             self._logger.info(f"{self._dataset_name}: bbox AP/AP50/AP75 above use the {metric}")

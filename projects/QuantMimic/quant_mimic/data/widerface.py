@@ -5,9 +5,10 @@
     <root>/eval_tools/ground_truth/wider_{face,easy,medium,hard}_val.mat   (val keep lists)
 
 bbx_gt format: an image name line, a face count line, then one line per face with
-``x y w h blur expression illumination invalid occlusion pose``; an image with 0 faces is followed by
-one all-zero line.
+``x y w h blur expression illumination invalid occlusion pose``; an image with 0 faces is followed
+by one all-zero line.
 """
+
 import logging
 import os
 from typing import Dict, List, Optional, Tuple
@@ -59,7 +60,9 @@ def parse_wider_bbx_gt(path: str) -> List[Tuple[str, List[List[int]]]]:
         try:
             count = int(lines[i + 1].strip())
         except ValueError:
-            raise ValueError(f"{path}:{i + 2}: expected a face count, got {lines[i + 1]!r}") from None
+            raise ValueError(
+                f"{path}:{i + 2}: expected a face count, got {lines[i + 1]!r}"
+            ) from None
         if count < 0:
             raise ValueError(f"{path}:{i + 2}: negative face count {count}")
         num_rows = max(count, 1)  # 0 faces: one all-zero placeholder line follows
@@ -77,7 +80,9 @@ def parse_wider_bbx_gt(path: str) -> List[Tuple[str, List[List[int]]]]:
             rows.append(values)
         if count == 0:
             if any(rows[0]):
-                raise ValueError(f"{path}:{i + 3}: an image with 0 faces must be followed by a zero line")
+                raise ValueError(
+                    f"{path}:{i + 3}: an image with 0 faces must be followed by a zero line"
+                )
             rows = []
         out.append((name, rows))
         i += 2 + num_rows
@@ -92,8 +97,8 @@ def load_widerface_instances(
 
     Args:
         image_root (str): ``WIDER_<split>/images``.
-        bbx_gt_file (str or None): the split's bbx_gt file; None for the unlabelled test split, whose
-            images are listed by walking ``image_root``.
+        bbx_gt_file (str or None): the split's bbx_gt file; None for the unlabelled test split,
+            whose images are listed by walking ``image_root``.
         with_size (bool): read each image's header for "height"/"width".
 
     Returns:
@@ -131,7 +136,9 @@ def load_widerface_instances(
                 if w <= 0 or h <= 0:
                     num_degenerate += 1
                     continue
-                annos.append({"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, **attrs})
+                annos.append(
+                    {"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, **attrs}
+                )
             record["annotations"] = annos
         dicts.append(record)
     logger.info(
@@ -150,7 +157,11 @@ def register_widerface(name: str, root: str, split: str, gt_dir: Optional[str] =
     if split not in ("train", "val", "test"):
         raise ValueError(f"Unknown WIDER FACE split: {split}")
     image_root = os.path.join(root, f"WIDER_{split}", "images")
-    gt = None if split == "test" else os.path.join(root, "wider_face_split", f"wider_face_{split}_bbx_gt.txt")
+    gt = (
+        None
+        if split == "test"
+        else os.path.join(root, "wider_face_split", f"wider_face_{split}_bbx_gt.txt")
+    )
     DatasetCatalog.register(name, lambda: load_widerface_instances(image_root, gt, name))
     MetadataCatalog.get(name).set(
         thing_classes=["face"],

@@ -1,14 +1,15 @@
 """WIDER FACE evaluation: the official protocol (eval_tools / its widely used Python port).
 
 Per subset (easy, medium, hard): predictions of every val image, sorted by score, scores min-max
-normalised over the whole set; a detection is matched to the ground-truth face of highest IoU; IoU ≥ 0.5
-with a face outside the subset's keep list makes the detection ignored (neither TP nor FP); recall over
-the kept faces; precision/recall at 1000 score thresholds; all-point AP.
+normalised over the whole set; a detection is matched to the ground-truth face of highest IoU; IoU ≥
+0.5 with a face outside the subset's keep list makes the detection ignored (neither TP nor FP);
+recall over the kept faces; precision/recall at 1000 score thresholds; all-point AP.
 
 Standalone, on a folder of official-layout predictions (``<event>/<image>.txt``):
 
     python -m quant_mimic.evaluation.widerface --pred DIR --gt eval_tools/ground_truth
 """
+
 import argparse
 import copy
 import itertools
@@ -51,7 +52,9 @@ def load_widerface_gt(gt_dir: str):
         list[(event, stem, boxes (K, 4) x y w h, {subset: keep indices (0-based)})]
     """
     face = scipy.io.loadmat(os.path.join(gt_dir, "wider_face_val.mat"))
-    keeps = {s: scipy.io.loadmat(os.path.join(gt_dir, f"wider_{s}_val.mat"))["gt_list"] for s in SUBSETS}
+    keeps = {
+        s: scipy.io.loadmat(os.path.join(gt_dir, f"wider_{s}_val.mat"))["gt_list"] for s in SUBSETS
+    }
     out = []
     for i in range(len(face["event_list"])):
         event = _cell_str(face["event_list"][i][0])
@@ -60,7 +63,10 @@ def load_widerface_gt(gt_dir: str):
         for j in range(len(files)):
             stem = _cell_str(files[j][0])
             b = np.asarray(boxes[j][0], dtype=np.float64).reshape(-1, 4)
-            keep = {s: np.asarray(keeps[s][i][0][j][0]).reshape(-1).astype(np.int64) - 1 for s in SUBSETS}
+            keep = {
+                s: np.asarray(keeps[s][i][0][j][0]).reshape(-1).astype(np.int64) - 1
+                for s in SUBSETS
+            }
             out.append((event, stem, b, keep))
     return out
 
@@ -71,7 +77,8 @@ def write_widerface_predictions(preds: Predictions, out_dir: str) -> None:
         os.makedirs(os.path.join(out_dir, event), exist_ok=True)
         for stem, dets in images.items():
             lines = [stem, str(len(dets))] + [
-                f"{x:.1f} {y:.1f} {w:.1f} {h:.1f} {s:.6f}" for x, y, w, h, s in np.asarray(dets).tolist()
+                f"{x:.1f} {y:.1f} {w:.1f} {h:.1f} {s:.6f}"
+                for x, y, w, h, s in np.asarray(dets).tolist()
             ]
             with open(os.path.join(out_dir, event, stem + ".txt"), "w") as f:
                 f.write("\n".join(lines) + "\n")
@@ -91,7 +98,9 @@ def read_widerface_predictions(pred_dir: str) -> Predictions:
                 lines = [line.strip() for line in f if line.strip()]
             count = int(lines[1]) if len(lines) > 1 else 0
             rows = [[float(v) for v in line.split()[:5]] for line in lines[2 : 2 + count]]
-            preds[event][os.path.splitext(name)[0]] = np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+            preds[event][os.path.splitext(name)[0]] = np.asarray(rows, dtype=np.float64).reshape(
+                -1, 5
+            )
     return dict(preds)
 
 
@@ -107,7 +116,7 @@ def _overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _image_eval(pred: np.ndarray, gt: np.ndarray, kept: np.ndarray, iou_thresh: float):
-    """Per detection (in score order): number of kept faces recalled so far, and whether it counts."""
+    """Per detection (score order): kept faces recalled so far, and whether the detection counts."""
     p = pred[:, :4].copy()
     g = gt.copy()
     p[:, 2:] += p[:, :2]
@@ -141,7 +150,7 @@ def evaluate_widerface(
     preds: Predictions, gt_dir: str, iou_thresh: float = 0.5, thresh_num: int = 1000
 ) -> Dict[str, float]:
     """
-    AP (in [0, 1]) on the easy, medium and hard subsets, by the official protocol (module docstring).
+    AP (in [0, 1]) on the easy, medium and hard subsets by the official protocol (module doc).
 
     Args:
         preds: event -> image stem -> (K, 5) detections ``x y w h score``. A missing image counts
@@ -235,7 +244,9 @@ class WiderFaceEvaluator(DatasetEvaluator):
 def main(argv=None) -> Dict[str, float]:
     parser = argparse.ArgumentParser(description="WIDER FACE evaluation (official protocol)")
     parser.add_argument("--pred", required=True, help="folder of <event>/<image>.txt predictions")
-    parser.add_argument("--gt", required=True, help="folder with wider_face_val.mat and wider_*_val.mat")
+    parser.add_argument(
+        "--gt", required=True, help="folder with wider_face_val.mat and wider_*_val.mat"
+    )
     parser.add_argument("--iou", type=float, default=0.5)
     args = parser.parse_args(argv)
     aps = evaluate_widerface(read_widerface_predictions(args.pred), args.gt, args.iou)

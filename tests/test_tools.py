@@ -1,0 +1,52 @@
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import torch
+
+from quant_mimic.data.synthetic import generate_faces
+
+from .common import REPO_ROOT, build_model_no_weights, get_config
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+sys.path.insert(0, os.path.join(REPO_ROOT, "datasets"))
+from export_student import student_state_dict  # noqa: E402
+from prepare_widerface import main as prepare_main  # noqa: E402
+from summarize_results import final_metrics  # noqa: E402
+
+
+class TestTools(unittest.TestCase):
+    def test_export_student_loads_strictly_into_plain_student(self):
+        mimic = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"))
+        with tempfile.TemporaryDirectory() as d:
+            src, dst = os.path.join(d, "m.pth"), os.path.join(d, "s.pth")
+            torch.save({"model": mimic.state_dict(), "iteration": 3}, src)
+            subprocess.run(
+                [sys.executable, os.path.join(REPO_ROOT, "tools", "export_student.py"), src, dst],
+                check=True,
+            )
+            exported = torch.load(dst, weights_only=True)["model"]
+        student = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_scratch.yaml"))
+        student.load_state_dict(exported, strict=True)
+        self.assertEqual(set(exported), set(student_state_dict({"model": mimic.state_dict()})))
+
+    def test_prepare_widerface_checks_layout(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertEqual(prepare_main(["--root", d]), 1)
+            generate_faces(d, 2, 2, seed=0)
+            self.assertEqual(prepare_main(["--root", d]), 0)
+
+    def test_summarize(self):
+        with tempfile.TemporaryDirectory() as d:
+            with open(os.path.join(d, "metrics.json"), "w") as f:
+                f.write(
+                    '{"iteration": 9, "total_loss": 1.0}\n'
+                    '{"iteration": 19, "widerface/AP_easy": 50.0}\n'
+                )
+            self.assertEqual(final_metrics(d), {"widerface/AP_easy": 50.0, "iteration": 19})
+
+
+if __name__ == "__main__":
+    unittest.main()
