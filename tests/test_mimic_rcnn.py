@@ -125,6 +125,16 @@ class TestMimicRCNNModel(unittest.TestCase):
         unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         self.assertEqual(unused, [])
 
+    def test_num_rois_and_gt_boxes(self):
+        for add_gt in (False, True):
+            cfg = get_config(QM, ["MODEL.MIMIC.NUM_ROIS", 5, "MODEL.MIMIC.ADD_GT_BOXES", add_gt])
+            model = build_model_no_weights(cfg)
+            model.train()
+            with EventStorage() as storage:
+                model(random_inputs(cfg, num_boxes=(3, 0)))
+                n = storage.history("mimic/num_rois").latest()
+            self.assertEqual(n, 2 * 5 + (3 if add_gt else 0))
+
     def test_gradient_of_mimic_alone_reaches_backbone_and_adapter(self):
         cfg = get_config(QM)
         model = build_model_no_weights(cfg)
@@ -324,7 +334,7 @@ def _ddp_worker(tmp):
 class TestMimicDDP(unittest.TestCase):
     def test_two_process_gloo(self):
         with tempfile.TemporaryDirectory() as tmp:
-            launch(_ddp_worker, 2, dist_url="tcp://127.0.0.1:29517", args=(tmp,))
+            launch(_ddp_worker, 2, dist_url="auto", args=(tmp,))
             self.assertTrue(os.path.isfile(os.path.join(tmp, "out", "model_final.pth")))
 
 

@@ -44,6 +44,16 @@ class TestSyntheticRoundTrip(unittest.TestCase):
         self.assertEqual(MetadataCatalog.get("synth_voc_test").evaluator_type, "pascal_voc")
         register_all_quantmimic_datasets()  # idempotent
 
+    def test_real_voc_names_use_the_project_loader(self):
+        from unittest import mock
+
+        with mock.patch("quant_mimic.data.builtin.load_voc_instances", return_value=[]) as loader:
+            DatasetCatalog.get("voc_2007_test")
+        (dirname, split, classes), _ = loader.call_args
+        self.assertTrue(dirname.endswith("VOC2007"))
+        self.assertEqual((split, len(classes)), ("test", 20))
+        self.assertEqual(MetadataCatalog.get("voc_2007_test").year, 2007)
+
     def test_faces_round_trip(self):
         dicts = DatasetCatalog.get("rt_faces_train")
         self.assertEqual(len(dicts), 12)

@@ -89,7 +89,8 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Sampling ratio of ROIAlign poolers (0 = adaptive).
     _C.MODEL.MIMIC.POOLER_SAMPLING_RATIO = 0
     # r of eq. 5: "conv1x1" (student -> teacher channels, trained with the student, unused at
-    # inference) or "identity" (channels must match). Applied to the pooled student features.
+    # inference) or "identity" (channels must match). Applied to the pooled student features; each
+    # map is pooled at its own stride, so student and teacher strides may differ.
     _C.MODEL.MIMIC.ADAPTER = "conv1x1"
     # Apply Q to the teacher's RoI features, Q(f_t^i) in eq. 6 (Table 4).
     _C.MODEL.MIMIC.QUANTIZE_TEACHER = True

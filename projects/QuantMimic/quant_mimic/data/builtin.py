@@ -1,15 +1,17 @@
-"""Dataset registration: real WIDER FACE and the built-in synthetic benchmark.
+"""Dataset registration: Pascal VOC, WIDER FACE and the built-in synthetic benchmark.
 
-Pascal VOC uses detectron2's own built-in ``voc_2007_trainval``, ``voc_2012_trainval`` and
-``voc_2007_test`` (registered by detectron2 under ``$DETECTRON2_DATASETS``).
+Pascal VOC keeps detectron2's built-in names and metadata (``voc_2007_trainval``, ``voc_2012_trainval``,
+``voc_2007_test``, ... under ``$DETECTRON2_DATASETS``); their loader is replaced by
+:func:`quant_mimic.data.voc.load_voc_instances`, the one the synthetic VOC set uses too (same dicts,
+plus a ``difficult`` flag, and a split file with a single id works).
 """
 
 import os
 
-from detectron2.data import DatasetCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from .synthetic import VOC_CLASSES
-from .voc import register_voc
+from .voc import load_voc_instances, register_voc
 from .widerface import register_widerface
 
 __all__ = ["register_all_quantmimic_datasets"]
@@ -47,3 +49,16 @@ def register_all_quantmimic_datasets(root: str = None) -> None:
     for name, fn, args in todo:
         if name not in registered:
             fn(name, *args)
+    _use_project_voc_loader()
+
+
+def _use_project_voc_loader() -> None:
+    for name in DatasetCatalog.list():
+        meta = MetadataCatalog.get(name)
+        if not name.startswith("voc_") or meta.get("evaluator_type") != "pascal_voc":
+            continue
+        DatasetCatalog.remove(name)
+        DatasetCatalog.register(
+            name,
+            lambda d=meta.dirname, s=meta.split, c=tuple(meta.thing_classes): load_voc_instances(d, s, c),
+        )
