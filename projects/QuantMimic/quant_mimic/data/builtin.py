@@ -60,5 +60,7 @@ def _use_project_voc_loader() -> None:
         DatasetCatalog.remove(name)
         DatasetCatalog.register(
             name,
-            lambda d=meta.dirname, s=meta.split, c=tuple(meta.thing_classes): load_voc_instances(d, s, c),
+            lambda d=meta.dirname, s=meta.split, c=tuple(meta.thing_classes): load_voc_instances(
+                d, s, c
+            ),
         )
