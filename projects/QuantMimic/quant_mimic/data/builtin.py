@@ -2,8 +2,8 @@
 
 Pascal VOC keeps detectron2's built-in names and metadata (``voc_2007_trainval``,
 ``voc_2012_trainval``, ``voc_2007_test``, ... under ``$DETECTRON2_DATASETS``); their loader is
-replaced by :func:`quant_mimic.data.voc.load_voc_instances`, the one the synthetic VOC set uses too (same dicts,
-plus a ``difficult`` flag, and a split file with a single id works).
+replaced by :func:`quant_mimic.data.voc.load_voc_instances`, the one the synthetic VOC set uses
+too (same dicts, plus a ``difficult`` flag, and a split file with a single id works).
 """
 
 import os
