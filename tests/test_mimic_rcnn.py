@@ -79,8 +79,8 @@ class TestMimicRCNNModel(unittest.TestCase):
         model.train()
         self.assertFalse(model.teacher.training)
         self.assertFalse(any(m.training for m in model.teacher.modules()))
-        with inference_context(model):
-            pass
+        with inference_context(model):  # EvalHook's path: eval inside, previous mode restored after
+            self.assertFalse(model.training)
         model.train(True)  # EvalHook restores the previous mode like this
         self.assertFalse(any(m.training for m in model.teacher.modules()))
         # the teacher's weights come from its own (quantized) config
