@@ -181,12 +181,12 @@ def evaluate_widerface(
             kept = np.zeros(len(gt), dtype=bool)
             kept[keep[subset]] = True
             pred_recall, counts = _image_eval(pred, gt, kept, iou_thresh)
-            for t, thresh in enumerate(thresholds):
-                above = np.where(pred[:, 4] >= thresh)[0]
-                if len(above):
-                    last = above[-1]
-                    pr[t, 0] += np.sum(counts[: last + 1] == 1)
-                    pr[t, 1] += pred_recall[last]
+            # Scores are sorted descending: the last detection at or above each threshold.
+            last = np.searchsorted(-pred[:, 4], -thresholds, side="right") - 1
+            valid = last >= 0
+            counted = np.cumsum(counts == 1)
+            pr[valid, 0] += counted[last[valid]]
+            pr[valid, 1] += pred_recall[last[valid]]
         precision = np.divide(pr[:, 1], pr[:, 0], out=np.zeros(thresh_num), where=pr[:, 0] > 0)
         recall = pr[:, 1] / num_faces if num_faces else np.zeros(thresh_num)
         results[subset] = _voc_ap(recall, precision)
