@@ -8,7 +8,7 @@ STAMP := $(VENV)/.quantmimic-installed
 PYTEST_ARGS ?=
 SRC := projects/QuantMimic/quant_mimic tests tools train_net.py datasets
 
-.PHONY: install test test-fast lint format clean
+.PHONY: install test test-fast demo lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV_ARGS) $(VENV)
@@ -27,6 +27,14 @@ test: install
 # Everything except the end-to-end runs marked slow.
 test-fast: install
 	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
+
+# The main job: the whole pipeline (data, teacher, quantized teacher, four students) on the synthetic
+# faces benchmark on this machine's CPU, then its table. DEMO_ARGS adds options, e.g. --seeds 3.
+DEMO_OUT ?= output/demo_faces_cpu
+DEMO_ARGS ?=
+demo: install
+	$(PY) tools/run_pipeline.py --bench faces --preset cpu --seeds 1 --out $(DEMO_OUT) $(DEMO_ARGS)
+	@cat $(DEMO_OUT)/results.md
 
 lint: install
 	$(PY) -m black --check $(SRC)

@@ -5,20 +5,35 @@ QuantMimic training script, in the shape of detectron2's projects/*/train_net.py
     python train_net.py --config-file configs/PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml \
         --num-gpus 8 [KEY VALUE ...]
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+
+After training (its final evaluation) or ``--eval-only``, the main process also writes the flat
+evaluation results to ``OUTPUT_DIR/final_metrics.json`` (e.g. ``{"widerface/AP_easy": 71.3}``), which
+``tools/run_pipeline.py`` reads.
 """
 
+import json
 import os
-import sys
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
-sys.path.insert(
-    0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "projects", "QuantMimic")
-)
-from quant_mimic import Trainer, setup_cfg  # noqa: E402  (registers everything)
+from quant_mimic import Trainer, setup_cfg  # registers everything
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def write_final_metrics(output_dir: str, results) -> str:
+    """Write ``results`` (detectron2's nested evaluation dict) flattened, atomically."""
+    flat = {k: float(v) for k, v in flatten_results_dict(results or {}).items()}
+    path = os.path.join(output_dir, FINAL_METRICS)
+    os.makedirs(output_dir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(flat, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
 
 
 def main(args):
@@ -30,12 +45,16 @@ def main(args):
             cfg.MODEL.WEIGHTS, resume=args.resume
         )
         res = Trainer.test(cfg, model)
-        if comm.is_main_process():
-            verify_results(cfg, res)
-        return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set.
+        res = getattr(trainer, "_last_eval_results", None)
+    if comm.is_main_process():
+        verify_results(cfg, res)
+        write_final_metrics(cfg.OUTPUT_DIR, res)
+    return res
 
 
 if __name__ == "__main__":

@@ -9,7 +9,10 @@ from detectron2.engine import launch
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.events import EventStorage
 
-from quant_mimic import MimicRCNN, Trainer, mimic_loss, quantize, setup_cfg
+from detectron2.config import get_cfg
+
+from quant_mimic import MimicRCNN, Trainer, add_quantmimic_config, mimic_loss, quantize, setup_cfg
+from quant_mimic.mimic_rcnn import mimic_quantizer_args
 
 from .common import (
     CONFIG_DIR,
@@ -62,6 +65,64 @@ class TestMimicLoss(unittest.TestCase):
         self.assertTrue(torch.isfinite(mismatch))
         loss.backward()
         self.assertIsNotNone(fs.grad)
+
+
+def _bare_cfg(**kv):
+    cfg = get_cfg()
+    add_quantmimic_config(cfg)
+    for k, v in kv.items():
+        cfg.merge_from_list([k.replace("__", "."), v])
+    return cfg
+
+
+class TestOneQuantizerConfig(unittest.TestCase):
+    """Q of the loss comes from the quantized teacher's MODEL.QUANTIZATION (one source of truth)."""
+
+    QT = {
+        "MODEL__BACKBONE__NAME": "build_quantized_backbone",
+        "MODEL__QUANTIZATION__STRIDE": 0.5,
+        "MODEL__QUANTIZATION__METHOD": "pow2",
+        "MODEL__QUANTIZATION__CLIP": 4.0,
+        "MODEL__QUANTIZATION__POW2_MIN_EXP": -3,
+    }
+
+    def test_defaults_inherit_the_quantized_teacher(self):
+        q = mimic_quantizer_args(_bare_cfg(), _bare_cfg(**self.QT))
+        self.assertEqual(q, {"stride": 0.5, "method": "pow2", "clip": 4.0, "pow2_min_exp": -3})
+
+    def test_full_precision_teacher_uses_own_quantization_and_override(self):
+        tcfg = _bare_cfg()  # not quantized
+        q = mimic_quantizer_args(_bare_cfg(MODEL__QUANTIZATION__STRIDE=2.0), tcfg)
+        self.assertEqual((q["stride"], q["method"], q["clip"]), (2.0, "uniform", None))
+        q = mimic_quantizer_args(_bare_cfg(MODEL__MIMIC__QUANT_STRIDE=0.25), tcfg)
+        self.assertEqual(q["stride"], 0.25)
+        q = mimic_quantizer_args(_bare_cfg(MODEL__MIMIC__QUANT_METHOD="pow2"), tcfg)
+        self.assertEqual(q["method"], "pow2")
+
+    def test_override_must_agree_with_quantized_teacher(self):
+        ok = _bare_cfg(MODEL__MIMIC__QUANT_STRIDE=0.5, MODEL__MIMIC__QUANT_METHOD="pow2")
+        self.assertEqual(mimic_quantizer_args(ok, _bare_cfg(**self.QT))["stride"], 0.5)
+        for key, value, text in (
+            ("MODEL__MIMIC__QUANT_STRIDE", 1.0, "QUANT_STRIDE = 1.0"),
+            ("MODEL__MIMIC__QUANT_METHOD", "uniform", "QUANT_METHOD = 'uniform'"),
+        ):
+            with self.assertRaises(ValueError) as e:
+                mimic_quantizer_args(_bare_cfg(**{key: value}), _bare_cfg(**self.QT))
+            self.assertIn(text, str(e.exception))
+            self.assertIn("teacher", str(e.exception))
+
+    def test_bad_override_is_rejected(self):
+        with self.assertRaises(ValueError):
+            mimic_quantizer_args(_bare_cfg(MODEL__MIMIC__QUANT_METHOD="log"), _bare_cfg())
+
+    def test_pow2_row_needs_one_edit(self):
+        # Table 6: naming the pow2 teacher is enough; the loss follows it.
+        model = build_model_no_weights(
+            get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic_pow2.yaml")
+        )
+        self.assertEqual(model.quantizer["method"], "pow2")
+        model = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"))
+        self.assertEqual((model.quantizer["method"], model.quantizer["stride"]), ("uniform", 1.0))
 
 
 class TestMimicRCNNModel(unittest.TestCase):

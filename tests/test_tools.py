@@ -14,7 +14,6 @@ sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 sys.path.insert(0, os.path.join(REPO_ROOT, "datasets"))
 from export_student import student_state_dict  # noqa: E402
 from prepare_widerface import main as prepare_main  # noqa: E402
-from summarize_results import final_metrics  # noqa: E402
 
 
 class TestTools(unittest.TestCase):
@@ -37,15 +36,6 @@ class TestTools(unittest.TestCase):
             self.assertEqual(prepare_main(["--root", d]), 1)
             generate_faces(d, 2, 2, seed=0)
             self.assertEqual(prepare_main(["--root", d]), 0)
-
-    def test_summarize(self):
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "metrics.json"), "w") as f:
-                f.write(
-                    '{"iteration": 9, "total_loss": 1.0}\n'
-                    '{"iteration": 19, "widerface/AP_easy": 50.0}\n'
-                )
-            self.assertEqual(final_metrics(d), {"widerface/AP_easy": 50.0, "iteration": 19})
 
 
 if __name__ == "__main__":

@@ -97,10 +97,15 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Apply Q to the adapted student RoI features, Q(r(f_s^i)) in eq. 6 (Table 4). Both False = Li
     # et al.'s mimic (eq. 5).
     _C.MODEL.MIMIC.QUANTIZE_STUDENT = True
-    # Stride s of Q in the loss (eq. 2); the paper uses 1.
-    _C.MODEL.MIMIC.QUANT_STRIDE = 1.0
-    # Code book of Q in the loss: "uniform" or "pow2" (Table 6).
-    _C.MODEL.MIMIC.QUANT_METHOD = "uniform"
+    # Q of the loss (eq. 6) has one source of truth: the quantized teacher's MODEL.QUANTIZATION
+    # (its STRIDE s, METHOD, CLIP, POW2_MIN_EXP) when the teacher's backbone is
+    # build_quantized_backbone, else this config's MODEL.QUANTIZATION. The two keys below override
+    # s and the code book: 0.0 / "" (default) = inherit. With a quantized teacher an override must
+    # agree with the teacher's value (an error names both otherwise); with a full-precision teacher
+    # it sets the loss's Q freely (e.g. the Table 4 "student only" row).
+    _C.MODEL.MIMIC.QUANT_STRIDE = 0.0
+    # Code book of Q in the loss: "" (inherit), "uniform" (eq. 2) or "pow2" (Table 6).
+    _C.MODEL.MIMIC.QUANT_METHOD = ""
     # λ of eq. 4 (paper: 0.1, 1, 10; Table 9). A float: write 10.0, not 10.
     _C.MODEL.MIMIC.LOSS_WEIGHT = 1.0
     # Linear warm-up of λ over this many iterations from START_ITER (0 = none).

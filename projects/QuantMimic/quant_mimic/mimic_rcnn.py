@@ -25,9 +25,15 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from .config import add_quantmimic_config
-from .quantization import quantize
+from .quantization import quantize, quantizer_args
 
-__all__ = ["mimic_loss", "MimicRCNN", "build_teacher_cfg", "load_teacher_strict"]
+__all__ = [
+    "mimic_loss",
+    "mimic_quantizer_args",
+    "MimicRCNN",
+    "build_teacher_cfg",
+    "load_teacher_strict",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +46,7 @@ def mimic_loss(
     *,
     quantize_teacher: bool = True,
     quantize_student: bool = True,
-    stride: float = 1.0,
-    method: str = "uniform",
+    quantizer: Optional[Dict] = None,
     mismatch_threshold: float = 0.3,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
@@ -51,7 +56,8 @@ def mimic_loss(
         teacher_feats (Tensor): f_t, shape (N, C, S, S), the teacher's RoI features (no grad).
         student_feats (Tensor): r(f_s), shape (N, C, S, S), the adapted student RoI features.
         quantize_teacher / quantize_student (bool): apply Q to the teacher / student side.
-        stride, method: Q's code book (see :func:`quantize`).
+        quantizer (dict): keyword arguments of :func:`quantize` (stride, method, clip,
+            pow2_min_exp); default: the paper's s = 1 uniform code book.
         mismatch_threshold (float): threshold of the Fig. 5 mismatch ratio.
 
     Returns:
@@ -66,8 +72,9 @@ def mimic_loss(
     if n == 0:
         zero = student_feats.sum() * 0.0
         return zero, zero.detach()
-    t = quantize(teacher_feats, stride, method) if quantize_teacher else teacher_feats
-    s = quantize(student_feats, stride, method) if quantize_student else student_feats
+    q = quantizer or {}
+    t = quantize(teacher_feats, **q) if quantize_teacher else teacher_feats
+    s = quantize(student_feats, **q) if quantize_student else student_feats
     diff = t - s
     loss = diff.pow(2).sum() / (2.0 * n)
     with torch.no_grad():
@@ -94,6 +101,37 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     tcfg.MODEL.WEIGHTS = ""
     tcfg.freeze()
     return tcfg
+
+
+def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
+    """
+    Q of the mimic loss (eq. 6), from one source of truth: the quantized teacher's
+    ``MODEL.QUANTIZATION`` when the teacher's backbone is quantized (the loss quantizes exactly as
+    the teacher was finetuned, §3.3), otherwise the student config's ``MODEL.QUANTIZATION``.
+    ``MODEL.MIMIC.QUANT_STRIDE`` (> 0) / ``QUANT_METHOD`` (non-empty) override s / the code book;
+    with a quantized teacher they must agree with it.
+
+    Returns:
+        dict: keyword arguments of :func:`quantize`.
+    """
+    teacher_quantized = tcfg.MODEL.BACKBONE.NAME == "build_quantized_backbone"
+    args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
+    m = cfg.MODEL.MIMIC
+    for key, name, value, unset in (
+        ("stride", "STRIDE", float(m.QUANT_STRIDE), 0.0),
+        ("method", "METHOD", m.QUANT_METHOD, ""),
+    ):
+        if value == unset:
+            continue
+        if teacher_quantized and value != args[key]:
+            raise ValueError(
+                f"MODEL.MIMIC.QUANT_{name} = {value!r} disagrees with the quantized teacher's "
+                f"MODEL.QUANTIZATION.{name} = {args[key]!r} ({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
+                "the loss's Q must be the teacher's Q (eq. 6); leave the key unset to inherit it"
+            )
+        args[key] = value
+    quantize(torch.zeros(1), **args)  # validate the overrides too
+    return args
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -169,8 +207,7 @@ class MimicRCNN(GeneralizedRCNN):
         add_gt_boxes: bool = False,
         quantize_teacher: bool = True,
         quantize_student: bool = True,
-        quant_stride: float = 1.0,
-        quant_method: str = "uniform",
+        quantizer: Optional[Dict] = None,
         loss_weight: float = 1.0,
         warmup_iters: int = 0,
         start_iter: int = 0,
@@ -188,7 +225,9 @@ class MimicRCNN(GeneralizedRCNN):
             student_poolers / teacher_poolers (list[ROIPooler]): one per pair (own stride each).
             num_rois (int): N per image: the top-scoring RPN proposals after NMS.
             add_gt_boxes (bool): also mimic on the ground-truth boxes.
-            quantize_teacher / quantize_student, quant_stride, quant_method: Q of eq. 6.
+            quantize_teacher / quantize_student (bool): apply Q to each side (eq. 6, Table 4).
+            quantizer (dict): keyword arguments of :func:`quantize` (see
+                :func:`mimic_quantizer_args`); default: s = 1, uniform.
             loss_weight (float): λ of eq. 4.
             warmup_iters (int): λ ramps linearly from 0 over this many iterations after start_iter.
             start_iter / stop_iter (int): λ = 0 before start_iter and from stop_iter on (-1: never).
@@ -217,14 +256,13 @@ class MimicRCNN(GeneralizedRCNN):
         self.add_gt_boxes = add_gt_boxes
         self.quantize_teacher = quantize_teacher
         self.quantize_student = quantize_student
-        self.quant_stride = quant_stride
-        self.quant_method = quant_method
+        self.quantizer = dict(quantizer or {"stride": 1.0, "method": "uniform"})
         self.loss_weight = loss_weight
         self.warmup_iters = warmup_iters
         self.start_iter = start_iter
         self.stop_iter = stop_iter
         self.mismatch_threshold = mismatch_threshold
-        quantize(torch.zeros(1), quant_stride, quant_method)  # validate early
+        quantize(torch.zeros(1), **self.quantizer)  # validate early
 
     @classmethod
     def from_config(cls, cfg: CfgNode):
@@ -285,8 +323,7 @@ class MimicRCNN(GeneralizedRCNN):
             add_gt_boxes=m.ADD_GT_BOXES,
             quantize_teacher=m.QUANTIZE_TEACHER,
             quantize_student=m.QUANTIZE_STUDENT,
-            quant_stride=m.QUANT_STRIDE,
-            quant_method=m.QUANT_METHOD,
+            quantizer=mimic_quantizer_args(cfg, tcfg),
             loss_weight=m.LOSS_WEIGHT,
             warmup_iters=m.WARMUP_ITERS,
             start_iter=m.START_ITER,
@@ -338,33 +375,48 @@ class MimicRCNN(GeneralizedRCNN):
             boxes.append(Boxes(b))
         return boxes
 
-    def mimic_losses(
-        self, batched_inputs, student_features, boxes: List[Boxes]
-    ) -> Dict[str, torch.Tensor]:
+    def pooled_roi_features(
+        self, batched_inputs, student_feature_maps: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """
+        The paired RoI features of eq. 5-6 before Q, one pair per mimicked feature map.
+
         Args:
             batched_inputs (list[dict]): the model inputs (the teacher preprocesses them itself).
-            student_features (dict[str->Tensor]): the student's backbone outputs.
+            student_feature_maps (dict[str->Tensor]): the student's backbone outputs.
             boxes (list[Boxes]): per image, the N_j boxes in input-image coordinates.
+
+        Returns:
+            list[(Tensor, Tensor)]: (f_t, r(f_s)), each (ΣN_j, C_t, S, S); f_t without grad.
+        """
+        with torch.no_grad():
+            t_images = self.teacher.preprocess_image(batched_inputs)
+            teacher_feature_maps = self.teacher.backbone(t_images.tensor)
+        pairs = []
+        for i, (s_name, t_name) in enumerate(zip(self.student_features, self.teacher_features)):
+            f_t = self.teacher_poolers[i]([teacher_feature_maps[t_name]], boxes)
+            f_s = self.student_poolers[i]([student_feature_maps[s_name]], boxes)
+            pairs.append((f_t, self.mimic_adapters[i](f_s)))
+        return pairs
+
+    def mimic_losses(
+        self, batched_inputs, student_feature_maps: Dict[str, torch.Tensor], boxes: List[Boxes]
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args: see :meth:`pooled_roi_features`.
 
         Returns:
             dict[str->Tensor]: {"loss_mimic": λ·L_m}; diagnostics go to the event storage.
         """
-        with torch.no_grad():
-            t_images = self.teacher.preprocess_image(batched_inputs)
-            t_feats = self.teacher.backbone(t_images.tensor)
-        total = student_features[self.student_features[0]].sum() * 0.0
+        total = student_feature_maps[self.student_features[0]].sum() * 0.0
         mismatches = []
-        for i, (s_name, t_name) in enumerate(zip(self.student_features, self.teacher_features)):
-            f_t = self.teacher_poolers[i]([t_feats[t_name]], boxes)
-            f_s = self.mimic_adapters[i](self.student_poolers[i]([student_features[s_name]], boxes))
+        for f_t, f_s in self.pooled_roi_features(batched_inputs, student_feature_maps, boxes):
             loss, mismatch = mimic_loss(
                 f_t,
                 f_s,
                 quantize_teacher=self.quantize_teacher,
                 quantize_student=self.quantize_student,
-                stride=self.quant_stride,
-                method=self.quant_method,
+                quantizer=self.quantizer,
                 mismatch_threshold=self.mismatch_threshold,
             )
             total = total + loss

@@ -29,6 +29,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 __all__ = [
     "QUANTIZATION_METHODS",
     "quantize",
+    "quantizer_args",
     "QuantizedBackbone",
     "build_quantized_backbone",
 ]
@@ -117,6 +118,22 @@ def quantize(
     return _QuantizeSTE.apply(x, float(stride), method, clip, int(pow2_min_exp))
 
 
+def quantizer_args(qcfg: CfgNode) -> Dict:
+    """
+    The keyword arguments of :func:`quantize` (``stride``, ``method``, ``clip``, ``pow2_min_exp``)
+    described by a ``MODEL.QUANTIZATION`` config node: the one description of Q that the quantized
+    backbone and, by default, the mimic loss (eq. 6) share.
+    """
+    args = {
+        "stride": float(qcfg.STRIDE),
+        "method": qcfg.METHOD,
+        "clip": float(qcfg.CLIP) if qcfg.CLIP > 0 else None,
+        "pow2_min_exp": int(qcfg.POW2_MIN_EXP),
+    }
+    quantize(torch.zeros(1), **args)  # validate early, naming the bad value
+    return args
+
+
 class QuantizedBackbone(Backbone):
     """
     Wraps a backbone and quantizes some of its output feature maps with :func:`quantize`.
@@ -169,10 +186,7 @@ class QuantizedBackbone(Backbone):
         return {
             "backbone": inner,
             "in_features": list(qcfg.IN_FEATURES),
-            "stride": qcfg.STRIDE,
-            "method": qcfg.METHOD,
-            "clip": qcfg.CLIP if qcfg.CLIP > 0 else None,
-            "pow2_min_exp": qcfg.POW2_MIN_EXP,
+            **quantizer_args(qcfg),
         }
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

@@ -17,9 +17,10 @@ from .widerface import register_widerface
 __all__ = ["register_all_quantmimic_datasets"]
 
 
-def register_all_quantmimic_datasets(root: str = None) -> None:
+def register_all_quantmimic_datasets(root: str = None, replace: bool = False) -> None:
     """
-    Register, once, under ``root`` (default ``$DETECTRON2_DATASETS`` or ``datasets``):
+    Register, once (or again, under a new root, with ``replace=True``), under ``root`` (default
+    ``$DETECTRON2_DATASETS`` or ``datasets``):
 
     * ``widerface_{train,val,test}``: ``<root>/widerface`` (official release layout);
     * ``synth_faces_{train,val}``: ``<root>/synth/widerface`` (WIDER FACE layout);
@@ -47,7 +48,10 @@ def register_all_quantmimic_datasets(root: str = None) -> None:
         ),
     ]
     for name, fn, args in todo:
-        if name not in registered:
+        if replace and name in registered:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        if replace or name not in registered:
             fn(name, *args)
     _use_project_voc_loader()
 

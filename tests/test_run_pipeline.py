@@ -1,0 +1,129 @@
+"""tools/run_pipeline.py: the smoke preset end to end, resume/skip/force, and the aggregation."""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+import pytest
+
+from .common import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from run_pipeline import (  # noqa: E402
+    STAGES,
+    aggregate,
+    dict_opts,
+    mean_std,
+    results_markdown,
+)
+
+RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
+RECORD_KEYS |= {"metrics"}
+
+
+def _run(out, *extra):
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "run_pipeline.py")]
+    cmd += ["--bench", "faces", "--preset", "smoke", "--seeds", "2", "--out", out, *extra]
+    # From another working directory: the tool must not depend on it.
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def _mtime(path):
+    return os.stat(path).st_mtime_ns
+
+
+class TestAggregation(unittest.TestCase):
+    def test_mean_std_by_hand(self):
+        mean, std, n = mean_std([70.0, 72.0, 77.0])
+        self.assertAlmostEqual(mean, 73.0)
+        # sample std: sqrt(((-3)^2 + (-1)^2 + 4^2) / 2) = sqrt(13)
+        self.assertAlmostEqual(std, 13**0.5)
+        self.assertEqual(n, 3)
+        self.assertEqual(mean_std([5.0]), (5.0, 0.0, 1))
+
+    def test_aggregate_and_markdown(self):
+        recs = [
+            {"stage": "scratch", "seed": s, "preset": "p", "device": "d", "metrics": m}
+            for s, m in enumerate(
+                [
+                    {"widerface/AP_easy": 10.0, "widerface/AP_medium": 1.0, "widerface/AP_hard": 0},
+                    {"widerface/AP_easy": 20.0, "widerface/AP_medium": 3.0, "widerface/AP_hard": 0},
+                ]
+            )
+        ]
+        recs.append(
+            {
+                "stage": "teacher",
+                "seed": 0,
+                "preset": "p",
+                "device": "d",
+                "metrics": {"widerface/AP_easy": 90.0},
+            }
+        )
+        agg = aggregate(recs, ("widerface/AP_easy", "widerface/AP_medium"))
+        self.assertEqual(list(agg), ["teacher", "scratch"])  # stage order, not record order
+        mean, std, n = agg["scratch"]["widerface/AP_easy"]
+        self.assertEqual((mean, n), (15.0, 2))
+        self.assertAlmostEqual(std, 50**0.5)  # sqrt((25 + 25) / 1)
+        md = results_markdown("faces", recs)
+        self.assertIn("| scratch | 2 | 15.00 ± 7.07 | 2.00 ± 1.41 | 0.00 ± 0.00 |", md)
+        self.assertIn("paper, real dataset", md)
+        self.assertIn("71.3 / 55.4 / 23.8", md)
+
+    def test_dict_opts(self):
+        self.assertEqual(
+            dict_opts({"SOLVER.STEPS": [3, 4], "A": 0.5, "B": "x", "C": []}),
+            ["SOLVER.STEPS", "(3, 4, )", "A", "0.5", "B", "x", "C", "()"],
+        )
+
+
+@pytest.mark.slow
+class TestSmokePipeline(unittest.TestCase):
+    def test_end_to_end_resume_and_force(self):
+        with tempfile.TemporaryDirectory() as out:
+            log = _run(out)
+            self.assertIn("[1/11] data", log)
+            self.assertIn("ETA", log)
+            with open(os.path.join(out, "results.json")) as f:
+                records = json.load(f)
+            expected = {("teacher", 0), ("teacher_quantized", 0)}
+            expected |= {(s, k) for s in STAGES[3:] for k in (0, 1)}
+            self.assertEqual({(r["stage"], r["seed"]) for r in records}, expected)
+            for r in records:
+                self.assertEqual(set(r), RECORD_KEYS)
+                self.assertEqual(set(r["metrics"]) >= {"widerface/AP_easy"}, True, r)
+                d = r["stage"] + ("" if r["stage"].startswith("teacher") else f"_seed{r['seed']}")
+                for f in ("model_final.pth", "final_metrics.json"):
+                    self.assertTrue(os.path.isfile(os.path.join(out, d, f)), (d, f))
+            for f in ("results.md", "results.png", "mismatch.png", "mimic_statistics.json"):
+                self.assertGreater(os.path.getsize(os.path.join(out, f)), 0, f)
+            for stage in ("mimic", "quant_mimic_teacher_only", "quant_mimic"):
+                with open(os.path.join(out, f"{stage}_seed0", "metrics.json")) as f:
+                    self.assertIn("loss_mimic", f.read(), stage)
+            ckpts = {
+                d: _mtime(os.path.join(out, d, "model_final.pth"))
+                for d in os.listdir(out)
+                if os.path.isfile(os.path.join(out, d, "model_final.pth"))
+            }
+
+            log = _run(out)  # everything done: every stage is skipped, and says so
+            self.assertEqual(log.count("skip, done"), 10, log)
+            for d, t in ckpts.items():
+                self.assertEqual(_mtime(os.path.join(out, d, "model_final.pth")), t, d)
+
+            log = _run(out, "--force", "--stages", "scratch")
+            self.assertEqual(log.count("skip"), 0, log)
+            for d, t in ckpts.items():
+                changed = _mtime(os.path.join(out, d, "model_final.pth")) != t
+                self.assertEqual(changed, d.startswith("scratch"), d)
+            with open(os.path.join(out, "results.json")) as f:
+                self.assertEqual(len(json.load(f)), 10)  # records of other stages are kept
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,581 @@
+#!/usr/bin/env python
+"""
+The paper's whole pipeline on a built-in synthetic benchmark, in one command, with seeds.
+
+    python tools/run_pipeline.py --bench faces|voc --preset smoke|cpu|gpu --seeds K --out DIR \
+        [--stages STAGE ...] [--force] [--num-gpus N] [KEY VALUE ...]
+
+Stages, in order (paper §3, Tables 2-4 and 7-8):
+
+    data                      the synthetic set (quant_mimic.data.synthetic), under DIR/datasets
+    teacher                   full-precision teacher (stage 1)
+    teacher_quantized         teacher finetuned with its feature map quantized (stage 2, eq. 1-2)
+    scratch                   the tiny student alone
+    mimic                     Li et al.'s mimic from the full-precision teacher (eq. 5)
+    quant_mimic_teacher_only  Q on the teacher side only (Table 4, middle row)
+    quant_mimic               Quantization Mimic, Q on both sides (eq. 6)
+
+Every training stage runs ``train_net.py`` (Detectron2's ``DefaultTrainer`` through ``launch``) on
+the benchmark's configs in ``configs/Synth``, with the preset's overrides, then the trainer's final
+evaluation on the val split. Teacher stages run once; student stages once per seed (``SEED`` set).
+A stage whose ``model_final.pth`` and ``final_metrics.json`` exist is skipped (``--force`` redoes
+it); an interrupted stage resumes from its last checkpoint. The students mimic exactly the teacher
+that was trained: ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is the teacher stage's dumped ``config.yaml``.
+
+Writes into DIR: ``results.json`` (one record per run), ``results.md`` (mean ± std over seeds beside
+the paper's rows), ``results.png`` (main metrics with error bars) and ``mismatch.png`` (Fig. 5: per-RoI
+mismatch ratio of the teacher-only and the quant-mimic students on the val split, computed by an
+evaluation pass, see :func:`quant_mimic.diagnostics.mimic_statistics`).
+Presets are yaml files in ``configs/Synth/presets`` (or a path to one).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import yaml
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+PRESET_DIR = os.path.join(REPO_ROOT, "configs", "Synth", "presets")
+FINAL_METRICS = "final_metrics.json"  # written by train_net.py into OUTPUT_DIR
+
+STAGES = (
+    "data",
+    "teacher",
+    "teacher_quantized",
+    "scratch",
+    "mimic",
+    "quant_mimic_teacher_only",
+    "quant_mimic",
+)
+TEACHER_STAGES = ("teacher", "teacher_quantized")
+# Student stages and the teacher stage they learn from (None: no teacher).
+STUDENT_TEACHER = {
+    "scratch": None,
+    "mimic": "teacher",
+    "quant_mimic_teacher_only": "teacher_quantized",
+    "quant_mimic": "teacher_quantized",
+}
+
+# Each benchmark: the config of every stage (configs/Synth), its data, its main metrics, and the
+# paper's corresponding rows (real datasets: WIDER FACE val Tables 2-4, Pascal VOC 2007 Table 7-8).
+BENCHES = {
+    "faces": {
+        "kind": "faces",
+        "data_dir": "synth/widerface",
+        "configs": {
+            "teacher": "rfcn_VGG-1-4_teacher.yaml",
+            "teacher_quantized": "rfcn_VGG-1-4_teacher_quantized.yaml",
+            "scratch": "rfcn_VGG-1-32_scratch.yaml",
+            "mimic": "rfcn_VGG-1-32_mimic.yaml",
+            "quant_mimic_teacher_only": "rfcn_VGG-1-32_quant_mimic_teacher_only.yaml",
+            "quant_mimic": "rfcn_VGG-1-32_quant_mimic.yaml",
+        },
+        "metrics": ("widerface/AP_easy", "widerface/AP_medium", "widerface/AP_hard"),
+        "paper": {
+            "teacher": "82.4 / 62.5 / 26.3 (VGG-1-4, Table 2)",
+            "teacher_quantized": "83.7 / 65.0 / 27.4 (Table 2)",
+            "scratch": "71.3 / 55.4 / 23.8 (VGG-1-32, Table 2)",
+            "mimic": "71.9 / 58.2 / 25.6 (Table 3-4)",
+            "quant_mimic_teacher_only": "73.0 / 59.3 / 25.6 (Table 4)",
+            "quant_mimic": "73.9 / 62.1 / 27.6 (Table 2-4)",
+        },
+    },
+    "voc": {
+        "kind": "voc",
+        "data_dir": "synth/VOC2007",
+        "configs": {
+            "teacher": "faster_rcnn_R18_C4_teacher.yaml",
+            "teacher_quantized": "faster_rcnn_R18_C4_teacher_quantized.yaml",
+            "scratch": "faster_rcnn_R18-1-16_C4_scratch.yaml",
+            "mimic": "faster_rcnn_R18-1-16_C4_mimic.yaml",
+            "quant_mimic_teacher_only": "faster_rcnn_R18-1-16_C4_quant_mimic_teacher_only.yaml",
+            "quant_mimic": "faster_rcnn_R18-1-16_C4_quant_mimic.yaml",
+        },
+        "metrics": ("bbox/AP50", "bbox/AP"),
+        "paper": {
+            "teacher": "72.9 mAP (ResNet18, Table 7)",
+            "teacher_quantized": "73.3 (Table 7)",
+            "scratch": "40.5 (ResNet18-1-16, Table 7)",
+            "mimic": "44.6 (Table 8)",
+            "quant_mimic_teacher_only": "not in the paper",
+            "quant_mimic": "47.0 (Table 7-8)",
+        },
+    },
+}
+
+
+# -------------------------------------------------------------------------------------------------
+# Presets and command lines
+# -------------------------------------------------------------------------------------------------
+def load_preset(name: str, bench: str) -> Dict:
+    """
+    The preset's section for ``bench``: ``data`` (generator arguments), ``opts`` (every stage),
+    ``teacher`` / ``teacher_quantized`` / ``student`` (per stage kind), each a {KEY: value} dict.
+    """
+    path = name if name.endswith((".yaml", ".yml")) else os.path.join(PRESET_DIR, name + ".yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset {name!r} not found (looked for {path})")
+    with open(path) as f:
+        preset = yaml.safe_load(f) or {}
+    if bench not in preset:
+        raise KeyError(f"Preset {path} has no section for bench {bench!r}")
+    section = preset[bench]
+    unknown = set(section) - {"data", "opts", "teacher", "teacher_quantized", "student"}
+    if unknown:
+        raise KeyError(f"Preset {path}, bench {bench}: unknown sections {sorted(unknown)}")
+    return section
+
+
+def _opt_value(value) -> str:
+    """A yaml value as a detectron2 command-line value (yacs parses it with literal_eval)."""
+    if isinstance(value, (list, tuple)):
+        return "(" + "".join(f"{_opt_value(v)}, " for v in value) + ")"
+    if isinstance(value, bool):
+        return str(value)
+    return str(value) if not isinstance(value, str) else value
+
+
+def dict_opts(d: Optional[Dict]) -> List[str]:
+    out = []
+    for k, v in (d or {}).items():
+        out += [k, _opt_value(v)]
+    return out
+
+
+def stage_kind(stage: str) -> str:
+    return stage if stage in TEACHER_STAGES else "student"
+
+
+def stage_dir(out: str, stage: str, seed: Optional[int]) -> str:
+    return os.path.join(out, stage if seed is None else f"{stage}_seed{seed}")
+
+
+def stage_opts(
+    bench: str, preset: Dict, out: str, stage: str, seed: Optional[int], extra: Sequence[str]
+) -> List[str]:
+    """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra)."""
+    opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
+    if stage == "teacher_quantized":
+        opts += ["MODEL.WEIGHTS", os.path.join(stage_dir(out, "teacher", None), "model_final.pth")]
+    teacher = STUDENT_TEACHER.get(stage)
+    if teacher:
+        tdir = stage_dir(out, teacher, None)
+        opts += [
+            "MODEL.MIMIC.TEACHER.CONFIG_FILE",
+            os.path.join(tdir, "config.yaml"),
+            "MODEL.MIMIC.TEACHER.WEIGHTS",
+            os.path.join(tdir, "model_final.pth"),
+        ]
+    opts += ["SEED", str(seed if seed is not None else preset.get("teacher_seed", 0))]
+    opts += ["OUTPUT_DIR", stage_dir(out, stage, seed)]
+    return opts + list(extra)
+
+
+def _max_iter(bench: str, preset: Dict, stage: str, extra: Sequence[str]) -> int:
+    """SOLVER.MAX_ITER of a stage: the user's override, else the preset's, else its config's."""
+    opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage))) + list(extra)
+    value = _opt_lookup(opts, "SOLVER.MAX_ITER")
+    if value is None:
+        from detectron2.config import get_cfg
+
+        from quant_mimic import add_quantmimic_config
+
+        cfg = get_cfg()
+        add_quantmimic_config(cfg)
+        cfg.merge_from_file(config_file(bench, stage))
+        value = cfg.SOLVER.MAX_ITER
+    return int(value)
+
+
+def config_file(bench: str, stage: str) -> str:
+    return os.path.join(REPO_ROOT, "configs", "Synth", BENCHES[bench]["configs"][stage])
+
+
+def _opt_lookup(opts: Sequence[str], key: str, default=None):
+    value = default
+    for k, v in zip(opts[::2], opts[1::2]):
+        if k == key:
+            value = v
+    return value
+
+
+# -------------------------------------------------------------------------------------------------
+# Results: aggregation and reports
+# -------------------------------------------------------------------------------------------------
+def mean_std(values: Sequence[float]):
+    """(mean, sample standard deviation (0 for one value), n)."""
+    values = [float(v) for v in values]
+    if not values:
+        return float("nan"), float("nan"), 0
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), std, len(values)
+
+
+def aggregate(records: List[Dict], metrics: Sequence[str]) -> Dict[str, Dict[str, tuple]]:
+    """{stage: {metric: (mean, std, n)}} over the records (seeds) of each stage, in stage order."""
+    out = {}
+    for stage in STAGES:
+        rows = [r for r in records if r["stage"] == stage]
+        if rows:
+            out[stage] = {
+                m: mean_std([r["metrics"][m] for r in rows if m in r["metrics"]]) for m in metrics
+            }
+    return out
+
+
+def results_markdown(bench: str, records: List[Dict]) -> str:
+    spec = BENCHES[bench]
+    metrics = spec["metrics"]
+    agg = aggregate(records, metrics)
+    names = [m.split("/")[-1] for m in metrics]
+    preset = records[0]["preset"] if records else ""
+    device = records[0]["device"] if records else ""
+    lines = [
+        f"Synthetic {bench} benchmark, preset `{preset}`, {device}; mean ± std over n seeds "
+        "(teacher stages: one run).",
+        "",
+        "| stage | n | " + " | ".join(names) + " | paper, real dataset |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for stage, stats in agg.items():
+        n = max(s[2] for s in stats.values())
+        cells = [f"{s[0]:.2f} ± {s[1]:.2f}" if s[2] else "–" for s in stats.values()]
+        lines.append(f"| {stage} | {n} | " + " | ".join(cells) + f" | {spec['paper'][stage]} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_results(bench: str, records: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = BENCHES[bench]["metrics"]
+    agg = aggregate(records, metrics)
+    stages = list(agg)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(stages)), 4))
+    width = 0.8 / len(metrics)
+    for j, m in enumerate(metrics):
+        xs = [i + (j - (len(metrics) - 1) / 2) * width for i in range(len(stages))]
+        ys = [agg[s][m][0] for s in stages]
+        err = [agg[s][m][1] for s in stages]
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=m.split("/")[-1])
+    ax.set_xticks(range(len(stages)))
+    ax.set_xticklabels([s.replace("quant_mimic_", "qm_") for s in stages], rotation=20)
+    n = max((agg[s][metrics[0]][2] for s in stages), default=0)
+    ax.set_ylabel("AP (%)")
+    ax.set_title(f"Synthetic {bench}: mean ± std over up to {n} seeds")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_mismatch(ratios: Dict[str, List[float]], threshold: float, path: str) -> None:
+    """Fig. 5: cumulative fraction of RoIs whose mismatch ratio is at most x, per student."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in ratios.items():
+        v = np.sort(np.asarray(values))
+        if len(v):
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=f"{label} ({len(v)} RoIs)")
+    ax.set_xlabel(f"mismatch ratio (fraction of RoI entries with |f_t - f_s| > {threshold})")
+    ax.set_ylabel("fraction of RoIs with at most this ratio")
+    ax.set_title("Fig. 5 on the val split")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------------
+# Running
+# -------------------------------------------------------------------------------------------------
+def _fmt_s(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class Progress:
+    """Overall ETA from the measured seconds per iteration of each stage kind."""
+
+    def __init__(self, runs: List[tuple]):
+        self.runs = runs  # (stage, seed, iterations)
+        self.sec_per_iter: Dict[str, float] = {}
+
+    def record(self, stage: str, iterations: int, wall_s: float) -> None:
+        if iterations > 0 and wall_s > 0:
+            self.sec_per_iter[stage_kind(stage)] = wall_s / iterations
+
+    def eta(self, start_index: int) -> str:
+        if not self.sec_per_iter:
+            return "ETA: measuring"
+        fallback = max(self.sec_per_iter.values())
+        total = sum(
+            it * self.sec_per_iter.get(stage_kind(st), fallback)
+            for st, _, it in self.runs[start_index:]
+            if st != "data"
+        )
+        return f"ETA {_fmt_s(total)}"
+
+
+def _device_name(num_gpus: int) -> str:
+    import torch
+
+    if torch.cuda.is_available() and num_gpus > 0:
+        return f"{num_gpus} × {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def _is_done(d: str) -> bool:
+    return all(os.path.isfile(os.path.join(d, f)) for f in ("model_final.pth", FINAL_METRICS))
+
+
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:
+    from quant_mimic.data.synthetic import generate_faces, generate_voc
+
+    root = os.path.join(out, "datasets", BENCHES[bench]["data_dir"])
+    if os.path.isdir(root) and not force:
+        return f"skip: {root} exists"
+    d = dict(preset.get("data") or {})
+    size = (int(d.pop("height", 192)), int(d.pop("width", 256)))
+    fn = generate_faces if BENCHES[bench]["kind"] == "faces" else generate_voc
+    fn(root, int(d.pop("num_train")), int(d.pop("num_val")), seed=int(d.pop("seed", 0)), size=size)
+    if d:
+        raise KeyError(f"Unknown data keys in the preset: {sorted(d)}")
+    return f"wrote {root}"
+
+
+def _train_net():
+    """The repository's train_net.py as a module (one training code path for every stage)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quant_mimic_train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _StageLogs:
+    """Detaches, after a stage, the log handlers detectron2's setup added for its OUTPUT_DIR."""
+
+    NAMES = ("detectron2", "fvcore", "d2", "quant_mimic")
+
+    def __enter__(self):
+        import logging
+
+        self.before = {n: list(logging.getLogger(n).handlers) for n in self.NAMES}
+        return self
+
+    def __exit__(self, *exc):
+        import logging
+
+        from detectron2.utils.logger import setup_logger
+
+        for n, old in self.before.items():
+            logger = logging.getLogger(n)
+            for h in [h for h in logger.handlers if h not in old]:
+                logger.removeHandler(h)
+                h.close()
+        setup_logger.cache_clear()  # a later stage with the same OUTPUT_DIR gets its handlers again
+        return False
+
+
+def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
+    """``train_net.py --config-file CFG --resume --num-gpus N OPTS`` through detectron2's launch."""
+    from detectron2.engine import default_argument_parser, launch
+
+    train_net = _train_net()
+    argv = ["--config-file", cfg_file, "--num-gpus", str(num_gpus), "--resume"] + list(opts)
+    args = default_argument_parser().parse_args(argv)
+    with _StageLogs():
+        launch(
+            train_net.main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+
+def run(args) -> List[Dict]:
+    bench, out = args.bench, os.path.abspath(args.out)
+    preset = load_preset(args.preset, bench)
+    os.makedirs(out, exist_ok=True)
+    # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
+    os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
+    from quant_mimic.data import register_all_quantmimic_datasets
+
+    register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
+    stages = [s for s in STAGES if s in (args.stages or STAGES)]
+    seeds = list(range(args.seeds))
+    runs = []
+    for stage in stages:
+        if stage == "data":
+            runs.append((stage, None, 0))
+            continue
+        its = _max_iter(bench, preset, stage, args.opts)
+        for seed in [None] if stage in TEACHER_STAGES else seeds:
+            runs.append((stage, seed, its))
+    progress = Progress(runs)
+    results_path = os.path.join(out, "results.json")
+    records = {(r["stage"], r["seed"]): r for r in _load_records(results_path)}
+    device = _device_name(args.num_gpus)
+    t0 = time.time()
+    for k, (stage, seed, iters) in enumerate(runs, 1):
+        label = f"[{k}/{len(runs)}] {stage}" + (f" (seed {seed})" if seed is not None else "")
+        if stage == "data":
+            print(f"{label}: {generate_data(bench, preset, out, args.force)}", flush=True)
+            continue
+        d = stage_dir(out, stage, seed)
+        if _is_done(d) and not args.force:
+            print(f"{label}: skip, done ({d})", flush=True)
+            records.setdefault((stage, seed), _record(args, stage, seed, iters, None, device, d))
+            continue
+        if args.force and os.path.isdir(d):
+            import shutil
+
+            shutil.rmtree(d)
+        print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
+        opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+        start = time.time()
+        train_stage(config_file(bench, stage), opts, args.num_gpus)
+        wall = time.time() - start
+        progress.record(stage, iters, wall)
+        records[(stage, seed)] = _record(args, stage, seed, iters, wall, device, d)
+        _save(out, bench, list(records.values()))
+        main = ", ".join(
+            f"{m.split('/')[-1]} {records[(stage, seed)]['metrics'].get(m, float('nan')):.2f}"
+            for m in BENCHES[bench]["metrics"]
+        )
+        print(f"{label}: done in {_fmt_s(wall)}: {main}", flush=True)
+    recs = list(records.values())
+    if recs:
+        _save(out, bench, recs)
+        if not args.no_mismatch:
+            _mismatch(args, bench, preset, out)
+    print(f"Pipeline finished in {_fmt_s(time.time() - t0)}; results in {out}", flush=True)
+    return recs
+
+
+def _record(args, stage, seed, iters, wall, device, d) -> Dict:
+    cfg_path = config_file(args.bench, stage)
+    old = None
+    if wall is None:  # skipped stage: keep what an earlier invocation recorded, if anything
+        old = next(
+            (
+                r
+                for r in _load_records(os.path.join(os.path.abspath(args.out), "results.json"))
+                if r["stage"] == stage and r["seed"] == seed
+            ),
+            None,
+        )
+    return {
+        "bench": args.bench,
+        "preset": args.preset,
+        "stage": stage,
+        "config": os.path.relpath(cfg_path, REPO_ROOT),
+        "seed": seed if seed is not None else 0,
+        "iterations": iters,
+        "wall_s": round(wall, 1) if wall is not None else (old or {}).get("wall_s"),
+        "device": device if old is None else old.get("device", device),
+        "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
+    }
+
+
+def _load_records(path: str) -> List[Dict]:
+    if not os.path.isfile(path):
+        return []
+    recs = _read_json(path)
+    for r in recs:  # teacher stages are keyed by seed None in memory
+        if r["stage"] in TEACHER_STAGES:
+            r["seed"] = None
+    return recs
+
+
+def _save(out: str, bench: str, records: List[Dict]) -> None:
+    order = {s: i for i, s in enumerate(STAGES)}
+    recs = sorted(records, key=lambda r: (order[r["stage"]], r["seed"] or 0))
+    dumped = [dict(r, seed=r["seed"] if r["seed"] is not None else 0) for r in recs]
+    _write_atomic(os.path.join(out, "results.json"), json.dumps(dumped, indent=2) + "\n")
+    _write_atomic(os.path.join(out, "results.md"), results_markdown(bench, dumped))
+    plot_results(bench, dumped, os.path.join(out, "results.png"))
+
+
+def _mismatch(args, bench: str, preset: Dict, out: str) -> None:
+    """Fig. 5 by an evaluation pass of the teacher-only and quant-mimic students (every seed)."""
+    from quant_mimic.diagnostics import collect_mimic_statistics
+
+    ratios, summary = {}, {}
+    threshold = None
+    for stage in ("quant_mimic_teacher_only", "quant_mimic"):
+        per_stage = []
+        for seed in range(args.seeds):
+            d = stage_dir(out, stage, seed)
+            if not _is_done(d):
+                continue
+            opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+            opts += ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
+            stats = collect_mimic_statistics(config_file(bench, stage), opts)
+            per_stage.extend(stats.pop("roi_mismatch_ratio"))
+            threshold = stats["mismatch_threshold"]
+            summary[f"{stage}_seed{seed}"] = stats
+        if per_stage:
+            ratios[stage] = per_stage
+    if ratios:
+        plot_mismatch(ratios, threshold, os.path.join(out, "mismatch.png"))
+        _write_atomic(
+            os.path.join(out, "mimic_statistics.json"), json.dumps(summary, indent=2) + "\n"
+        )
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    p.add_argument("--bench", required=True, choices=sorted(BENCHES))
+    p.add_argument("--preset", required=True, help="smoke | cpu | gpu, or a preset yaml file")
+    p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--stages", nargs="+", choices=STAGES, help="default: all, in order")
+    p.add_argument("--force", action="store_true", help="redo the selected stages")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
+    p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
+    args = p.parse_args(argv)
+    if args.seeds < 1:
+        p.error("--seeds must be ≥ 1")
+    if len(args.opts) % 2:
+        p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    return args
+
+
+def main(argv=None) -> int:
+    run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
