@@ -7,8 +7,8 @@ QuantMimic training script, in the shape of detectron2's projects/*/train_net.py
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
 
 After training (its final evaluation) or ``--eval-only``, the main process also writes the flat
-evaluation results to ``OUTPUT_DIR/final_metrics.json`` (e.g. ``{"widerface/AP_easy": 71.3}``), which
-``tools/run_pipeline.py`` reads.
+evaluation results to ``OUTPUT_DIR/final_metrics.json`` (e.g. ``{"widerface/AP_easy": 71.3}``),
+which ``tools/run_pipeline.py`` reads.
 """
 
 import json

@@ -5,11 +5,10 @@ import unittest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
 from detectron2.engine import launch
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.events import EventStorage
-
-from detectron2.config import get_cfg
 
 from quant_mimic import MimicRCNN, Trainer, add_quantmimic_config, mimic_loss, quantize, setup_cfg
 from quant_mimic.mimic_rcnn import mimic_quantizer_args
@@ -117,9 +116,7 @@ class TestOneQuantizerConfig(unittest.TestCase):
 
     def test_pow2_row_needs_one_edit(self):
         # Table 6: naming the pow2 teacher is enough; the loss follows it.
-        model = build_model_no_weights(
-            get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic_pow2.yaml")
-        )
+        model = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic_pow2.yaml"))
         self.assertEqual(model.quantizer["method"], "pow2")
         model = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"))
         self.assertEqual((model.quantizer["method"], model.quantizer["stride"]), ("uniform", 1.0))

@@ -21,7 +21,7 @@ from run_pipeline import (  # noqa: E402
 )
 
 RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
-RECORD_KEYS |= {"metrics"}
+RECORD_KEYS |= {"metrics", "overrides"}
 
 
 def _run(out, *extra):

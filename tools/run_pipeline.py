@@ -23,9 +23,11 @@ it); an interrupted stage resumes from its last checkpoint. The students mimic e
 that was trained: ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is the teacher stage's dumped ``config.yaml``.
 
 Writes into DIR: ``results.json`` (one record per run), ``results.md`` (mean ± std over seeds beside
-the paper's rows), ``results.png`` (main metrics with error bars) and ``mismatch.png`` (Fig. 5: per-RoI
-mismatch ratio of the teacher-only and the quant-mimic students on the val split, computed by an
-evaluation pass, see :func:`quant_mimic.diagnostics.mimic_statistics`).
+the paper's rows), ``results.png`` (main metrics with error bars), ``mismatch.png`` (Fig. 5: per-RoI
+mismatch ratio of the teacher-only and the quant-mimic students on the val split, by an evaluation
+pass, see :func:`quant_mimic.diagnostics.collect_mimic_statistics`), ``mimic_statistics.json`` (the
+Q diagnostics of every mimic student) and, for runs evaluated during training
+(``TEST.EVAL_PERIOD``), ``learning_curves.png``.
 Presets are yaml files in ``configs/Synth/presets`` (or a path to one).
 """
 
@@ -277,6 +279,50 @@ def plot_results(bench: str, records: List[Dict], path: str) -> None:
     plt.close(fig)
 
 
+def learning_curve(stage_dir_: str, metric: str) -> List[tuple]:
+    """(iteration, value) of every evaluation of ``metric`` logged in the stage's metrics.json."""
+    path = os.path.join(stage_dir_, "metrics.json")
+    points = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if metric in row:
+                    points.append((int(row["iteration"]) + 1, float(row[metric])))
+    return points
+
+
+def plot_learning_curves(bench: str, out: str, path: str) -> bool:
+    """Val metrics against iterations for every stage run evaluated more than once
+    (``TEST.EVAL_PERIOD`` > 0); False if there is none."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = BENCHES[bench]["metrics"]
+    runs = sorted(d for d in os.listdir(out) if os.path.isfile(os.path.join(out, d, FINAL_METRICS)))
+    curves = {d: [learning_curve(os.path.join(out, d), m) for m in metrics] for d in runs}
+    curves = {d: c for d, c in curves.items() if len(c[0]) > 1}
+    if not curves:
+        return False
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
+    for ax, m, j in zip(axes[0], metrics, range(len(metrics))):
+        for d, c in curves.items():
+            ax.plot([p[0] for p in c[j]], [p[1] for p in c[j]], marker="o", label=d)
+        ax.set_xlabel("iteration")
+        ax.set_ylabel(m)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Synthetic {bench}: val AP during training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def plot_mismatch(ratios: Dict[str, List[float]], threshold: float, path: str) -> None:
     """Fig. 5: cumulative fraction of RoIs whose mismatch ratio is at most x, per student."""
     import matplotlib
@@ -362,8 +408,15 @@ def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:
         return f"skip: {root} exists"
     d = dict(preset.get("data") or {})
     size = (int(d.pop("height", 192)), int(d.pop("width", 256)))
-    fn = generate_faces if BENCHES[bench]["kind"] == "faces" else generate_voc
-    fn(root, int(d.pop("num_train")), int(d.pop("num_val")), seed=int(d.pop("seed", 0)), size=size)
+    kw = {"seed": int(d.pop("seed", 0)), "size": size}
+    if BENCHES[bench]["kind"] == "faces":
+        from quant_mimic.data.synthetic import FaceStyle
+
+        style = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("style", {}).items()}
+        fn, kw["style"] = generate_faces, FaceStyle(**style)
+    else:
+        fn = generate_voc
+    fn(root, int(d.pop("num_train")), int(d.pop("num_val")), **kw)
     if d:
         raise KeyError(f"Unknown data keys in the preset: {sorted(d)}")
     return f"wrote {root}"
@@ -478,6 +531,7 @@ def run(args) -> List[Dict]:
         _save(out, bench, recs)
         if not args.no_mismatch:
             _mismatch(args, bench, preset, out)
+        plot_learning_curves(bench, out, os.path.join(out, "learning_curves.png"))
     print(f"Pipeline finished in {_fmt_s(time.time() - t0)}; results in {out}", flush=True)
     return recs
 
@@ -504,6 +558,7 @@ def _record(args, stage, seed, iters, wall, device, d) -> Dict:
         "wall_s": round(wall, 1) if wall is not None else (old or {}).get("wall_s"),
         "device": device if old is None else old.get("device", device),
         "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
+        "overrides": list(args.opts),
     }
 
 
@@ -526,13 +581,21 @@ def _save(out: str, bench: str, records: List[Dict]) -> None:
     plot_results(bench, dumped, os.path.join(out, "results.png"))
 
 
+FIG5_STAGES = ("quant_mimic_teacher_only", "quant_mimic")  # the students Fig. 5 compares
+
+
 def _mismatch(args, bench: str, preset: Dict, out: str) -> None:
-    """Fig. 5 by an evaluation pass of the teacher-only and quant-mimic students (every seed)."""
+    """
+    Evaluation pass over every mimic student (each seed) on the val split: Fig. 5 of the
+    teacher-only and quant-mimic students to ``mismatch.png``, and the Q diagnostics of every
+    student (the Li et al. student's teacher side is the full-precision teacher's RoI features
+    before Q) to ``mimic_statistics.json``.
+    """
     from quant_mimic.diagnostics import collect_mimic_statistics
 
     ratios, summary = {}, {}
     threshold = None
-    for stage in ("quant_mimic_teacher_only", "quant_mimic"):
+    for stage in ("mimic",) + FIG5_STAGES:
         per_stage = []
         for seed in range(args.seeds):
             d = stage_dir(out, stage, seed)
@@ -544,10 +607,11 @@ def _mismatch(args, bench: str, preset: Dict, out: str) -> None:
             per_stage.extend(stats.pop("roi_mismatch_ratio"))
             threshold = stats["mismatch_threshold"]
             summary[f"{stage}_seed{seed}"] = stats
-        if per_stage:
+        if per_stage and stage in FIG5_STAGES:
             ratios[stage] = per_stage
     if ratios:
         plot_mismatch(ratios, threshold, os.path.join(out, "mismatch.png"))
+    if summary:
         _write_atomic(
             os.path.join(out, "mimic_statistics.json"), json.dumps(summary, indent=2) + "\n"
         )

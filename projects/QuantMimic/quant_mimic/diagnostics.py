@@ -97,8 +97,9 @@ def collect_mimic_statistics(
 ) -> Dict:
     """
     Evaluation pass of a trained :class:`MimicRCNN` (student weights from ``MODEL.WEIGHTS``, teacher
-    from ``MODEL.MIMIC.TEACHER.*``) on the first dataset of ``DATASETS.TEST``: per image, the student's
-    test-time RPN proposals (the top ``MODEL.MIMIC.NUM_ROIS``) are the RoIs, as in training.
+    from ``MODEL.MIMIC.TEACHER.*``) on the first dataset of ``DATASETS.TEST``: per image, the
+    student's test-time RPN proposals (the top ``MODEL.MIMIC.NUM_ROIS``) are the RoIs, as in
+    training.
 
     Returns:
         dict: ``roi_mismatch_ratio`` (list, one per RoI, Fig. 5), ``mismatch_threshold``,

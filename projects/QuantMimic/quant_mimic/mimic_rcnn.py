@@ -126,7 +126,8 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
         if teacher_quantized and value != args[key]:
             raise ValueError(
                 f"MODEL.MIMIC.QUANT_{name} = {value!r} disagrees with the quantized teacher's "
-                f"MODEL.QUANTIZATION.{name} = {args[key]!r} ({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
+                f"MODEL.QUANTIZATION.{name} = {args[key]!r} "
+                f"({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
                 "the loss's Q must be the teacher's Q (eq. 6); leave the key unset to inherit it"
             )
         args[key] = value

@@ -23,13 +23,14 @@ import argparse
 import logging
 import os
 import time
-from typing import Dict, List
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import scipy.io
 
-__all__ = ["VOC_CLASSES", "FACE_EVENTS", "generate_faces", "generate_voc", "main"]
+__all__ = ["VOC_CLASSES", "FACE_EVENTS", "FaceStyle", "generate_faces", "generate_voc", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +73,106 @@ def _free_spot(rng, boxes: List[List[int]], s_h: int, s_w: int, h: int, w: int, 
     return None
 
 
-def _face_row(rng, s: int):
-    blur = int(rng.choice([0, 1, 2], p=[0.45, 0.3, 0.25]))
-    contrast = rng.uniform(0.25, 1.1)
-    return blur, contrast
+@dataclass(frozen=True)
+class FaceStyle:
+    """
+    Every number of the synthetic faces benchmark (``generate_faces``), named. Sizes are face sides
+    in pixels; "contrast" multiplies a crop's zero-mean intensities (×255); blur is Gaussian with
+    σ = factor·side + BLUR_SIGMA_OFFSET.
+    """
+
+    face_count: Tuple[int, int] = (1, 7)  # faces per image, randint(lo, hi)
+    no_face_prob: float = 0.05  # images without any face
+    face_side: Tuple[float, float] = (6.0, 120.0)  # log-uniform; the top capped at 0.75·height
+    max_side_frac: float = 0.75
+    invalid_below: int = 8  # faces under this side are WIDER's "invalid" rows
+    blur_probs: Tuple[float, float, float] = (0.45, 0.3, 0.25)  # none / normal / heavy (WIDER)
+    # σ factor for normal / heavy blur. Heavy blur was 0.2·side until the calibration of issue 9:
+    # that erased every face into a flat square, indistinguishable from a low-contrast distractor,
+    # i.e. label noise (see README, Evidence).
+    blur_sigma: Tuple[float, float] = (0.03, 0.08)
+    blur_sigma_offset: float = 0.4
+    contrast: Tuple[float, float] = (0.25, 1.1)
+    low_contrast_below: float = 0.5  # the "illumination" flag of the WIDER row
+    brightness: Tuple[float, float] = (80.0, 180.0)  # mean grey level of a pasted crop
+    distractor_count: Tuple[int, int] = (2, 9)  # non-face crops per image, randint(lo, hi)
+    distractor_side: Tuple[float, float] = (6.0, 60.0)  # log-uniform
+    noise_std: Tuple[float, float] = (2.0, 10.0)  # sensor noise σ, uniform per image
+    jpeg_quality: int = 95
 
 
-def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(192, 256)) -> Dict:
+def _log_uniform(rng, lo: float, hi: float) -> int:
+    return int(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+def _paste(rng, img, crop, x: int, y: int, side: int, contrast: float, style: FaceStyle):
+    interp = cv2.INTER_AREA if side < crop.shape[0] else cv2.INTER_LINEAR
+    patch = cv2.resize(crop, (side, side), interpolation=interp)
+    patch = (patch - patch.mean()) * contrast * 255 + rng.uniform(*style.brightness)
+    img[y : y + side, x : x + side] = patch
+    return patch
+
+
+def _add_distractors(rng, img, nonfaces, style: FaceStyle) -> None:
+    """Real non-face crops, pasted like faces but not annotated (hard negatives)."""
+    h, w = img.shape
+    placed: List[List[int]] = []
+    for _ in range(rng.randint(*style.distractor_count)):
+        side = _log_uniform(rng, *style.distractor_side)
+        spot = _free_spot(rng, placed, side, side, h, w)
+        if spot:
+            crop = nonfaces[rng.randint(len(nonfaces))]
+            _paste(rng, img, crop, spot[0], spot[1], side, rng.uniform(*style.contrast), style)
+            placed.append([spot[0], spot[1], side, side])
+
+
+def _add_faces(rng, img, faces, style: FaceStyle) -> List[List[int]]:
+    """Paste faces; their WIDER rows (x, y, w, h, blur, expr, illum, invalid, occl, pose)."""
+    h, w = img.shape
+    boxes: List[List[int]] = []
+    rows: List[List[int]] = []
+    num = 0 if rng.rand() < style.no_face_prob else rng.randint(*style.face_count)
+    top = min(style.face_side[1], style.max_side_frac * h)
+    for _ in range(num):
+        side = _log_uniform(rng, style.face_side[0], top)
+        spot = _free_spot(rng, boxes, side, side, h, w)
+        if spot is None:
+            continue
+        x, y = spot
+        blur = int(rng.choice([0, 1, 2], p=list(style.blur_probs)))
+        contrast = rng.uniform(*style.contrast)
+        crop = faces[rng.randint(len(faces))]
+        patch = _paste(rng, img, crop, x, y, side, contrast, style)
+        if blur:
+            sigma = style.blur_sigma[blur - 1] * side + style.blur_sigma_offset
+            img[y : y + side, x : x + side] = cv2.GaussianBlur(patch, (0, 0), sigma)
+        boxes.append([x, y, side, side])
+        invalid = int(side < style.invalid_below)
+        illumination = int(contrast < style.low_contrast_below)
+        rows.append([x, y, side, side, blur, 0, illumination, invalid, 0, 0])
+    return rows
+
+
+def _write_wider_split(out: str, split: str, entries) -> None:
+    split_dir = os.path.join(out, "wider_face_split")
+    os.makedirs(split_dir, exist_ok=True)
+    with open(os.path.join(split_dir, f"wider_face_{split}_bbx_gt.txt"), "w") as f:
+        for rel, rows in entries:
+            f.write(f"{rel}\n{len(rows)}\n")
+            for r in rows or [[0] * 10]:
+                f.write(" ".join(str(v) for v in r) + " \n")
+
+
+def generate_faces(
+    out: str,
+    num_train: int,
+    num_val: int,
+    seed: int = 0,
+    size=(192, 256),
+    style: Optional[FaceStyle] = None,
+) -> Dict:
     """Write a WIDER-FACE-layout synthetic set under ``out``; returns the ground truth written."""
+    style = style or FaceStyle()
     data = _skimage()
     lfw = data.lfw_subset()  # (200, 25, 25) in [0, 1]: 100 faces then 100 non-faces
     faces, nonfaces = lfw[:100], lfw[100:]
@@ -93,57 +186,16 @@ def generate_faces(out: str, num_train: int, num_val: int, seed: int = 0, size=(
             e = idx % len(FACE_EVENTS)
             event = FACE_EVENTS[e]
             img = _background(rng, textures[e], h, w)
-            boxes, rows = [], []
-            distractors = []
-            for _ in range(
-                rng.randint(2, 9)
-            ):  # distractors: real non-face crops, treated like faces
-                s = int(np.exp(rng.uniform(np.log(6), np.log(60))))
-                spot = _free_spot(rng, distractors, s, s, h, w)
-                if spot:
-                    patch = cv2.resize(nonfaces[rng.randint(100)], (s, s))
-                    patch = (patch - patch.mean()) * rng.uniform(0.25, 1.1) * 255 + rng.uniform(
-                        80, 180
-                    )
-                    img[spot[1] : spot[1] + s, spot[0] : spot[0] + s] = patch
-                    distractors.append([spot[0], spot[1], s, s])
-            num_faces = 0 if rng.rand() < 0.05 else rng.randint(1, 7)
-            for _ in range(num_faces):
-                s = int(np.exp(rng.uniform(np.log(6), np.log(min(120, 0.75 * h)))))
-                spot = _free_spot(rng, boxes, s, s, h, w)
-                if spot is None:
-                    continue
-                x, y = spot
-                blur, contrast = _face_row(rng, s)
-                face = faces[rng.randint(100)]
-                patch = cv2.resize(
-                    face, (s, s), interpolation=cv2.INTER_AREA if s < 25 else cv2.INTER_LINEAR
-                )
-                patch = (patch - patch.mean()) * contrast * 255 + rng.uniform(80, 180)
-                if blur:
-                    sigma = (0.06 if blur == 1 else 0.2) * s + 0.4
-                    patch = cv2.GaussianBlur(patch, (0, 0), sigma)
-                img[y : y + s, x : x + s] = patch
-                boxes.append([x, y, s, s])
-                invalid = int(s < 8)
-                illumination = int(contrast < 0.5)
-                rows.append([x, y, s, s, blur, 0, illumination, invalid, 0, 0])
-            img = np.clip(img + rng.normal(0, rng.uniform(2, 10), img.shape), 0, 255).astype(
-                np.uint8
-            )
-            stem = f"{e}_{event.split('--')[1]}_{split}_{idx:05d}"
-            rel = f"{event}/{stem}.jpg"
+            _add_distractors(rng, img, nonfaces, style)
+            rows = _add_faces(rng, img, faces, style)
+            img = img + rng.normal(0, rng.uniform(*style.noise_std), img.shape)
+            img = np.clip(img, 0, 255).astype(np.uint8)
+            rel = f"{event}/{e}_{event.split('--')[1]}_{split}_{idx:05d}.jpg"
             path = os.path.join(out, f"WIDER_{split}", "images", rel)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+            cv2.imwrite(path, img, [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
             entries.append((rel, rows))
-        split_dir = os.path.join(out, "wider_face_split")
-        os.makedirs(split_dir, exist_ok=True)
-        with open(os.path.join(split_dir, f"wider_face_{split}_bbx_gt.txt"), "w") as f:
-            for rel, rows in entries:
-                f.write(f"{rel}\n{len(rows)}\n")
-                for r in rows or [[0] * 10]:
-                    f.write(" ".join(str(v) for v in r) + " \n")
+        _write_wider_split(out, split, entries)
         written[split] = entries
     _write_val_mats(os.path.join(out, "eval_tools", "ground_truth"), written["val"])
     return written
