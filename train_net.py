@@ -21,6 +21,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
 from quant_mimic import Trainer, setup_cfg  # registers everything
+from quant_mimic.checkpoint import load_checkpoint_strict
 
 FINAL_METRICS = "final_metrics.json"
 
@@ -36,14 +37,47 @@ def write_final_metrics(output_dir: str, results) -> str:
     return path
 
 
+def build_parser():
+    """detectron2's ``default_argument_parser`` plus ``--lenient``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="--eval-only: load MODEL.WEIGHTS as detectron2 does (mismatched or missing tensors "
+        "are skipped with a warning) instead of failing on them",
+    )
+    return parser
+
+
+def load_eval_weights(cfg, model, args) -> None:
+    """
+    ``--eval-only`` weights: ``MODEL.WEIGHTS`` (or, with ``--resume``, the output dir's last
+    checkpoint), loaded strictly: empty weights, a file that is not a checkpoint, and missing,
+    unexpected or mis-shaped tensors are errors naming them (``--lenient``: detectron2's loading).
+    MimicRCNN's adapters r, unused at inference, may be absent (an exported student).
+    """
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if args.lenient:
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return
+    path = cfg.MODEL.WEIGHTS
+    if args.resume and checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+    load_checkpoint_strict(
+        model,
+        path,
+        what="MODEL.WEIGHTS",
+        model_name=args.config_file or "the config",
+        optional_prefixes=("mimic_adapters.",),
+    )
+
+
 def main(args):
     cfg = setup_cfg(args.config_file, args.opts, args=args)
     if args.eval_only:
         # Evaluation is the student's inference alone: no teacher is loaded.
         model = Trainer.build_model(cfg, load_teacher=False)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        load_eval_weights(cfg, model, args)
         res = Trainer.test(cfg, model)
     else:
         trainer = Trainer(cfg)
@@ -58,7 +92,7 @@ def main(args):
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = build_parser().parse_args()
     print("Command Line Args:", args)
     launch(
         main,

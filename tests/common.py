@@ -29,6 +29,8 @@ FAST_OPTS = [
 
 def all_config_files(include_base: bool = False):
     files = sorted(glob.glob(os.path.join(CONFIG_DIR, "**", "*.yaml"), recursive=True))
+    # Pipeline presets (tools/run_pipeline.py) are not detectron2 configs.
+    files = [f for f in files if os.sep + "presets" + os.sep not in f]
     if not include_base:
         files = [f for f in files if not os.path.basename(f).startswith("Base-")]
     return files

@@ -8,9 +8,43 @@ import yaml
 
 from detectron2.config import get_cfg
 
-from quant_mimic import add_quantmimic_config
+from quant_mimic import add_quantmimic_config, setup_cfg
 
 from .common import all_config_files, build_model_no_weights, get_config, random_inputs, train_step
+
+
+class TestConfigValidation(unittest.TestCase):
+    """Bad QuantMimic values fail at start-up, naming the key and the value (issue 11, item 4)."""
+
+    QM = os.path.join(os.path.dirname(__file__), "..", "configs", "Synth")
+
+    def _fails(self, cfg_file, key, value, text=None):
+        with self.assertRaises(ValueError) as e:
+            setup_cfg(os.path.join(self.QM, cfg_file), [key, value])
+        self.assertIn(key, str(e.exception))
+        self.assertIn(repr(value) if text is None else text, str(e.exception))
+
+    def test_bad_values_name_key_and_value(self):
+        qm = "rfcn_VGG-1-32_quant_mimic.yaml"
+        self._fails(qm, "MODEL.MIMIC.LOSS_WEIGHT", -1.0)
+        self._fails(qm, "MODEL.MIMIC.NUM_ROIS", 0)
+        self._fails(qm, "MODEL.MIMIC.NUM_ROIS", -1)
+        self._fails(qm, "MODEL.MIMIC.WARMUP_ITERS", -5)
+        self._fails(qm, "MODEL.MIMIC.STOP_ITER", 0)  # not after START_ITER 0
+        self._fails(qm, "MODEL.MIMIC.QUANT_METHOD", "log")
+        self._fails(qm, "MODEL.MIMIC.ADAPTER", "mlp")
+        self._fails(qm, "MODEL.QUANTIZATION.STRIDE", 0.0)
+        self._fails(qm, "MODEL.QUANTIZATION.STRIDE", -0.5)
+        self._fails(qm, "MODEL.RFCN.POOLER_RESOLUTION", 0)
+        self._fails(qm, "MODEL.RFCN.OHEM.NUM_PROPOSALS", 0)
+        self._fails("rfcn_VGG-1-32_scratch.yaml", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 0)
+
+    def test_valid_values_pass(self):
+        qm = os.path.join(self.QM, "rfcn_VGG-1-32_quant_mimic.yaml")
+        cfg = setup_cfg(qm, ["MODEL.MIMIC.LOSS_WEIGHT", 0.0, "MODEL.MIMIC.STOP_ITER", 10])
+        self.assertEqual(cfg.MODEL.MIMIC.STOP_ITER, 10)
+        for f in all_config_files():  # every shipped config is valid
+            setup_cfg(f)
 
 
 class TestConfigKeys(unittest.TestCase):

@@ -11,7 +11,7 @@ from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import MimicRCNN, Trainer, add_quantmimic_config, mimic_loss, quantize, setup_cfg
-from quant_mimic.mimic_rcnn import mimic_quantizer_args
+from quant_mimic.teacher import mimic_quantizer_args
 
 from .common import (
     CONFIG_DIR,

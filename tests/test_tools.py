@@ -31,6 +31,24 @@ class TestTools(unittest.TestCase):
         student.load_state_dict(exported, strict=True)
         self.assertEqual(set(exported), set(student_state_dict({"model": mimic.state_dict()})))
 
+    def test_export_student_never_overwrites_its_input(self):
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "m.pth")
+            torch.save({"model": {"a": torch.ones(2)}, "iteration": 3}, src)
+            before = open(src, "rb").read()
+            tool = os.path.join(REPO_ROOT, "tools", "export_student.py")
+            for dst in (src, os.path.join(d, ".", "m.pth")):
+                proc = subprocess.run([sys.executable, tool, src, dst], capture_output=True)
+                self.assertNotEqual(proc.returncode, 0)
+                self.assertIn(b"refusing to overwrite", proc.stderr)
+            self.assertEqual(open(src, "rb").read(), before)
+            bad = os.path.join(d, "bad.pth")
+            open(bad, "w").write("not a checkpoint")
+            proc = subprocess.run([sys.executable, tool, bad, src + "2"], capture_output=True)
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn(b"not a readable torch checkpoint", proc.stderr)
+            self.assertFalse(os.path.exists(src + "2"))
+
     def test_prepare_widerface_checks_layout(self):
         with tempfile.TemporaryDirectory() as d:
             self.assertEqual(prepare_main(["--root", d]), 1)

@@ -9,6 +9,8 @@ e.g. ``train_net.py --config-file configs/PascalVOC-Detection/faster_rcnn_R18-1-
 """
 
 import argparse
+import os
+import sys
 from typing import Dict
 
 import torch
@@ -24,17 +26,33 @@ def student_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     return {k: v for k, v in model.items() if not k.startswith(ADAPTER_PREFIX)}
 
 
-def main() -> None:
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("input")
     parser.add_argument("output")
-    args = parser.parse_args()
-    ckpt = torch.load(args.input, map_location="cpu", weights_only=True)
+    args = parser.parse_args(argv)
+    if not os.path.isfile(args.input):
+        parser.error(f"input checkpoint not found: {args.input}")
+    if _same_file(args.input, args.output):
+        parser.error(f"output {args.output} is the input checkpoint: refusing to overwrite it")
+    try:
+        ckpt = torch.load(args.input, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a checkpoint
+        parser.error(f"{args.input} is not a readable torch checkpoint ({type(e).__name__}: {e})")
     model = student_state_dict(ckpt)
-    torch.save({"model": model}, args.output)
+    tmp = args.output + ".tmp"
+    torch.save({"model": model}, tmp)
+    os.replace(tmp, args.output)  # atomic: a kill never leaves a truncated output
     dropped = len(ckpt.get("model", ckpt)) - len(model)
     print(f"Wrote {len(model)} tensors to {args.output} (dropped {dropped} adapter tensors)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -459,11 +459,11 @@ class _StageLogs:
 
 def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
     """``train_net.py --config-file CFG --resume --num-gpus N OPTS`` through detectron2's launch."""
-    from detectron2.engine import default_argument_parser, launch
+    from detectron2.engine import launch
 
     train_net = _train_net()
     argv = ["--config-file", cfg_file, "--num-gpus", str(num_gpus), "--resume"] + list(opts)
-    args = default_argument_parser().parse_args(argv)
+    args = train_net.build_parser().parse_args(argv)
     with _StageLogs():
         launch(
             train_net.main,

@@ -2,7 +2,7 @@
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_quantmimic_config"]
+__all__ = ["add_quantmimic_config", "validate_quantmimic_config"]
 
 
 def add_quantmimic_config(cfg: CN) -> None:
@@ -64,8 +64,9 @@ def add_quantmimic_config(cfg: CN) -> None:
     # ---------------------------------------------------------------------------------------------
     _C.MODEL.MIMIC = CN()
     _C.MODEL.MIMIC.TEACHER = CN()
-    # Config file of the teacher detector (a path in this repo, or absolute). It may itself use a
-    # quantized backbone (the paper's quantized teacher, §3.3).
+    # Config file of the teacher detector, resolved like _BASE_: relative to the yaml file that
+    # names it (to the working directory on the command line); absolute and scheme:// paths are
+    # kept. It may itself use a quantized backbone (the paper's quantized teacher, §3.3).
     _C.MODEL.MIMIC.TEACHER.CONFIG_FILE = ""
     # Teacher checkpoint, loaded strictly when the model is built for training
     # (Trainer.build_model). "" = random teacher (tests only; a warning is logged).
@@ -143,3 +144,88 @@ def add_quantmimic_config(cfg: CN) -> None:
     # IoU of the NMS among RoIs (by loss) before taking the top B; the OHEM paper uses 0.7,
     # py-R-FCN none. ≤ 0 = no NMS.
     _C.MODEL.RFCN.OHEM.NMS_THRESH = -1.0
+
+
+def _check(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ValueError(f"Invalid config: {key} = {value!r}; {rule}")
+
+
+def validate_quantmimic_config(cfg: CN) -> None:
+    """
+    Check QuantMimic's keys (and the detectron2 keys they rely on) at start-up, so that a bad value
+    fails before any training with an error naming the key and the value, instead of training to a
+    wrong result (a negative λ, a negative RoI count that slices RoIs off, ...).
+    """
+    m, q, r = cfg.MODEL.MIMIC, cfg.MODEL.QUANTIZATION, cfg.MODEL.RFCN
+    methods = ("uniform", "pow2")
+    _check(q.STRIDE > 0, "MODEL.QUANTIZATION.STRIDE", q.STRIDE, "the stride s must be > 0")
+    _check(q.METHOD in methods, "MODEL.QUANTIZATION.METHOD", q.METHOD, f"expected {methods}")
+    _check(q.CLIP >= 0, "MODEL.QUANTIZATION.CLIP", q.CLIP, "must be ≥ 0 (0 = no clip)")
+    _check(m.LOSS_WEIGHT >= 0, "MODEL.MIMIC.LOSS_WEIGHT", m.LOSS_WEIGHT, "λ must be ≥ 0")
+    _check(m.NUM_ROIS > 0, "MODEL.MIMIC.NUM_ROIS", m.NUM_ROIS, "N must be > 0")
+    _check(m.QUANT_STRIDE >= 0, "MODEL.MIMIC.QUANT_STRIDE", m.QUANT_STRIDE, "≥ 0 (0 = inherit)")
+    _check(
+        m.QUANT_METHOD in ("",) + methods,
+        "MODEL.MIMIC.QUANT_METHOD",
+        m.QUANT_METHOD,
+        f"expected '' (inherit) or one of {methods}",
+    )
+    _check(m.WARMUP_ITERS >= 0, "MODEL.MIMIC.WARMUP_ITERS", m.WARMUP_ITERS, "must be ≥ 0")
+    _check(m.START_ITER >= 0, "MODEL.MIMIC.START_ITER", m.START_ITER, "must be ≥ 0")
+    _check(
+        m.STOP_ITER == -1 or m.STOP_ITER > m.START_ITER,
+        "MODEL.MIMIC.STOP_ITER",
+        m.STOP_ITER,
+        f"must be -1 (never) or > MODEL.MIMIC.START_ITER = {m.START_ITER}",
+    )
+    _check(
+        m.POOLER_RESOLUTION > 0, "MODEL.MIMIC.POOLER_RESOLUTION", m.POOLER_RESOLUTION, "must be > 0"
+    )
+    pooler_types = ("ROIPool", "ROIAlign", "ROIAlignV2")
+    _check(
+        m.POOLER_TYPE in pooler_types, "MODEL.MIMIC.POOLER_TYPE", m.POOLER_TYPE, str(pooler_types)
+    )
+    _check(
+        m.ADAPTER in ("conv1x1", "identity"),
+        "MODEL.MIMIC.ADAPTER",
+        m.ADAPTER,
+        "expected 'conv1x1' or 'identity'",
+    )
+    _check(
+        m.MISMATCH_THRESHOLD >= 0,
+        "MODEL.MIMIC.MISMATCH_THRESHOLD",
+        m.MISMATCH_THRESHOLD,
+        "must be ≥ 0",
+    )
+    _check(
+        len(m.STUDENT_FEATURES) == len(m.TEACHER_FEATURES)
+        or not (m.STUDENT_FEATURES and m.TEACHER_FEATURES),
+        "MODEL.MIMIC.TEACHER_FEATURES",
+        list(m.TEACHER_FEATURES),
+        f"must pair one to one with MODEL.MIMIC.STUDENT_FEATURES = {list(m.STUDENT_FEATURES)}",
+    )
+    if cfg.MODEL.META_ARCHITECTURE == "MimicRCNN":
+        _check(
+            bool(m.TEACHER.CONFIG_FILE),
+            "MODEL.MIMIC.TEACHER.CONFIG_FILE",
+            m.TEACHER.CONFIG_FILE,
+            "MimicRCNN needs its teacher's config file",
+        )
+    if cfg.MODEL.ROI_HEADS.NAME == "RFCNROIHeads":
+        _check(
+            r.POOLER_RESOLUTION > 0, "MODEL.RFCN.POOLER_RESOLUTION", r.POOLER_RESOLUTION, "k > 0"
+        )
+        _check(r.CONV_NEW_DIM >= 0, "MODEL.RFCN.CONV_NEW_DIM", r.CONV_NEW_DIM, "must be ≥ 0")
+        _check(
+            r.OHEM.NUM_PROPOSALS > 0,
+            "MODEL.RFCN.OHEM.NUM_PROPOSALS",
+            r.OHEM.NUM_PROPOSALS,
+            "must be > 0",
+        )
+        _check(
+            cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE > 0,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE,
+            "OHEM's B must be > 0",
+        )

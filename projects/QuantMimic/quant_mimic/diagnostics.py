@@ -85,8 +85,9 @@ def _percentiles(values: torch.Tensor, ps: Sequence[float] = PERCENTILES) -> Dic
     if values.numel() == 0:
         return {}
     v = values.flatten().double()
-    if v.numel() > 2_000_000:  # quantiles on a fixed, evenly spaced subsample
-        v = v[torch.linspace(0, v.numel() - 1, 2_000_000).long()]
+    n, m = v.numel(), 2_000_000
+    if n > m:  # quantiles on a fixed, evenly spaced subsample (integer indices, always < n)
+        v = v[torch.arange(m, dtype=torch.int64) * (n - 1) // (m - 1)]
     qs = torch.quantile(v, torch.tensor([p / 100 for p in ps], dtype=torch.float64))
     return {f"p{p:g}": float(x) for p, x in zip(ps, qs)}
 

@@ -16,9 +16,10 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .config import add_quantmimic_config
+from .config import add_quantmimic_config, validate_quantmimic_config
 from .data import VOCDetectionEvaluator
 from .evaluation import WiderFaceEvaluator
+from .teacher import resolve_teacher_config_path
 
 __all__ = ["setup_cfg", "Trainer"]
 
@@ -29,6 +30,9 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     """
     Build a frozen config from detectron2's defaults, QuantMimic's keys, a yaml file and overrides.
     ``MODEL.DEVICE`` falls back to "cpu" when CUDA is not available.
+    ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` becomes an absolute path, resolved like ``_BASE_`` (relative
+    to the yaml naming it; to the working directory on the command line). QuantMimic's keys are
+    validated (:func:`validate_quantmimic_config`): a bad value is an error naming it.
     With ``args`` (from ``default_argument_parser``), also runs detectron2's ``default_setup``.
     """
     cfg = get_cfg()
@@ -36,6 +40,10 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
+    teacher_cfg = resolve_teacher_config_path(config_file, opts)
+    if teacher_cfg is not None:  # relative to the yaml that names it, like _BASE_
+        cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg
+    validate_quantmimic_config(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"

@@ -11,33 +11,23 @@ teacher channels and Q the quantizer of eq. 1-2. Without Q this is Li et al.'s m
 """
 
 import logging
-import os
 from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode, configurable, get_cfg
+from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
 from detectron2.modeling.poolers import ROIPooler
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
-from .config import add_quantmimic_config
-from .quantization import quantize, quantizer_args
+from .quantization import quantize
+from .teacher import build_teacher_cfg, load_teacher_strict, mimic_quantizer_args
 
-__all__ = [
-    "mimic_loss",
-    "mimic_quantizer_args",
-    "MimicRCNN",
-    "build_teacher_cfg",
-    "load_teacher_strict",
-]
+__all__ = ["mimic_loss", "MimicRCNN"]
 
 logger = logging.getLogger(__name__)
-
-_REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
 
 def mimic_loss(
@@ -80,103 +70,6 @@ def mimic_loss(
     with torch.no_grad():
         mismatch = (diff.abs() > mismatch_threshold).flatten(1).float().mean(dim=1).mean()
     return loss, mismatch
-
-
-def _resolve(path: str) -> str:
-    if not path or os.path.isabs(path) or os.path.exists(path) or "://" in path:
-        return path
-    in_repo = os.path.join(_REPO_ROOT, path)
-    return in_repo if os.path.exists(in_repo) else path
-
-
-def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
-    """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
-    path = _resolve(cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE)
-    if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"MODEL.MIMIC.TEACHER.CONFIG_FILE not found: {path!r}")
-    tcfg = get_cfg()
-    add_quantmimic_config(tcfg)
-    tcfg.merge_from_file(path)
-    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
-    tcfg.MODEL.WEIGHTS = ""
-    tcfg.freeze()
-    return tcfg
-
-
-def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
-    """
-    Q of the mimic loss (eq. 6), from one source of truth: the quantized teacher's
-    ``MODEL.QUANTIZATION`` when the teacher's backbone is quantized (the loss quantizes exactly as
-    the teacher was finetuned, §3.3), otherwise the student config's ``MODEL.QUANTIZATION``.
-    ``MODEL.MIMIC.QUANT_STRIDE`` (> 0) / ``QUANT_METHOD`` (non-empty) override s / the code book;
-    with a quantized teacher they must agree with it.
-
-    Returns:
-        dict: keyword arguments of :func:`quantize`.
-    """
-    teacher_quantized = tcfg.MODEL.BACKBONE.NAME == "build_quantized_backbone"
-    args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
-    m = cfg.MODEL.MIMIC
-    for key, name, value, unset in (
-        ("stride", "STRIDE", float(m.QUANT_STRIDE), 0.0),
-        ("method", "METHOD", m.QUANT_METHOD, ""),
-    ):
-        if value == unset:
-            continue
-        if teacher_quantized and value != args[key]:
-            raise ValueError(
-                f"MODEL.MIMIC.QUANT_{name} = {value!r} disagrees with the quantized teacher's "
-                f"MODEL.QUANTIZATION.{name} = {args[key]!r} "
-                f"({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
-                "the loss's Q must be the teacher's Q (eq. 6); leave the key unset to inherit it"
-            )
-        args[key] = value
-    quantize(torch.zeros(1), **args)  # validate the overrides too
-    return args
-
-
-class _RecordingCheckpointer(DetectionCheckpointer):
-    """Keeps the result of fvcore's lenient ``_load_model`` so that the caller can be strict."""
-
-    def _load_model(self, checkpoint):
-        self.incompatible = super()._load_model(checkpoint)
-        return self.incompatible
-
-
-def load_teacher_strict(teacher: nn.Module, path: str) -> None:
-    """
-    Load a checkpoint into the teacher and fail, naming the file and the keys, unless every tensor
-    of the teacher is loaded with the right shape and the file holds no other model tensor.
-    (detectron2/fvcore only warn on such mismatches and go on with random weights.)
-    """
-    path = _resolve(path)
-    checkpointer = _RecordingCheckpointer(teacher)
-    local = checkpointer.path_manager.get_local_path(path) if path else path
-    if not path or not os.path.isfile(local):
-        raise FileNotFoundError(
-            f"Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS not found: {path!r}"
-        )
-    checkpointer.load(local, checkpointables=[])
-    incompatible = checkpointer.incompatible
-    problems = []
-    if incompatible.incorrect_shapes:
-        problems.append(
-            "shape mismatch: "
-            + ", ".join(
-                f"{k} {tuple(a)} in file vs {tuple(b)} in model"
-                for k, a, b in incompatible.incorrect_shapes
-            )
-        )
-    if incompatible.missing_keys:
-        problems.append(f"missing in file: {sorted(incompatible.missing_keys)}")
-    if incompatible.unexpected_keys:
-        problems.append(f"not in teacher model: {sorted(incompatible.unexpected_keys)}")
-    if problems:
-        raise RuntimeError(
-            f"Teacher checkpoint {path} does not match MODEL.MIMIC.TEACHER.CONFIG_FILE: "
-            + "; ".join(problems)
-        )
-    logger.info(f"Loaded teacher weights from {path}")
 
 
 @META_ARCH_REGISTRY.register()

@@ -1,0 +1,134 @@
+"""The frozen teacher of mimic learning (paper §3.2-3.3): its config, its Q, and strict loading.
+
+* :func:`resolve_teacher_config_path`: ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is resolved like
+  ``_BASE_``: relative to the yaml file that names it (absolute paths and ``scheme://`` paths are
+  kept), or to the working directory when it is given on the command line.
+* :func:`build_teacher_cfg`: the teacher's own config (detectron2 + QuantMimic defaults + its file).
+* :func:`mimic_quantizer_args`: Q of the mimic loss (eq. 6), read from the quantized teacher.
+* :func:`load_teacher_strict`: load its checkpoint and fail on any missing, unexpected or mis-shaped
+  tensor (detectron2/fvcore only warn and go on with random weights).
+"""
+
+import logging
+import os
+from typing import Dict, Optional, Sequence
+
+import torch
+import yaml
+from torch import nn
+
+from detectron2.config import CfgNode, get_cfg
+
+from .checkpoint import load_checkpoint_strict
+from .config import add_quantmimic_config
+from .quantization import quantize, quantizer_args
+
+__all__ = [
+    "resolve_teacher_config_path",
+    "build_teacher_cfg",
+    "mimic_quantizer_args",
+    "load_teacher_strict",
+]
+
+logger = logging.getLogger(__name__)
+
+TEACHER_CONFIG_KEY = "MODEL.MIMIC.TEACHER.CONFIG_FILE"
+
+
+def _is_kept_as_is(path: str) -> bool:
+    return not path or os.path.isabs(path) or "://" in path
+
+
+def _named_in_yaml(config_file: str) -> Optional[tuple]:
+    """(value, yaml file) of the teacher config key in ``config_file`` or, if absent, its bases."""
+    with open(config_file) as f:
+        data = yaml.safe_load(f) or {}
+    value = ((data.get("MODEL") or {}).get("MIMIC") or {}).get("TEACHER", {}) or {}
+    if "CONFIG_FILE" in value:
+        return value["CONFIG_FILE"], config_file
+    base = data.get("_BASE_")
+    if not base or "://" in base:
+        return None
+    base = base if os.path.isabs(base) else os.path.join(os.path.dirname(config_file), base)
+    return _named_in_yaml(base)
+
+
+def resolve_teacher_config_path(config_file: str, opts: Sequence = ()) -> Optional[str]:
+    """
+    The absolute teacher config path that ``config_file`` + command-line ``opts`` name, resolved
+    like ``_BASE_`` (see module docstring); None if neither names one.
+    """
+    opts = list(opts)
+    from_opts = [v for k, v in zip(opts[::2], opts[1::2]) if k == TEACHER_CONFIG_KEY]
+    if from_opts:
+        value = str(from_opts[-1])
+        return value if _is_kept_as_is(value) else os.path.abspath(value)
+    if not config_file:
+        return None
+    named = _named_in_yaml(config_file)
+    if named is None:
+        return None
+    value, yaml_file = named
+    if _is_kept_as_is(value):
+        return value
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_file)), value))
+
+
+def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
+    """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
+    path = cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE
+    if not path or not os.path.isfile(path):
+        raise FileNotFoundError(f"{TEACHER_CONFIG_KEY} not found: {path!r}")
+    tcfg = get_cfg()
+    add_quantmimic_config(tcfg)
+    tcfg.merge_from_file(path)
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    tcfg.MODEL.WEIGHTS = ""
+    tcfg.freeze()
+    return tcfg
+
+
+def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
+    """
+    Q of the mimic loss (eq. 6), from one source of truth: the quantized teacher's
+    ``MODEL.QUANTIZATION`` when the teacher's backbone is quantized (the loss quantizes exactly as
+    the teacher was finetuned, §3.3), otherwise the student config's ``MODEL.QUANTIZATION``.
+    ``MODEL.MIMIC.QUANT_STRIDE`` (> 0) / ``QUANT_METHOD`` (non-empty) override s / the code book;
+    with a quantized teacher they must agree with it.
+
+    Returns:
+        dict: keyword arguments of :func:`quantize`.
+    """
+    teacher_quantized = tcfg.MODEL.BACKBONE.NAME == "build_quantized_backbone"
+    args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
+    m = cfg.MODEL.MIMIC
+    for key, name, value, unset in (
+        ("stride", "STRIDE", float(m.QUANT_STRIDE), 0.0),
+        ("method", "METHOD", m.QUANT_METHOD, ""),
+    ):
+        if value == unset:
+            continue
+        if teacher_quantized and value != args[key]:
+            raise ValueError(
+                f"MODEL.MIMIC.QUANT_{name} = {value!r} disagrees with the quantized teacher's "
+                f"MODEL.QUANTIZATION.{name} = {args[key]!r} "
+                f"({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
+                "the loss's Q must be the teacher's Q (eq. 6); leave the key unset to inherit it"
+            )
+        args[key] = value
+    quantize(torch.zeros(1), **args)  # validate the overrides too
+    return args
+
+
+def load_teacher_strict(teacher: nn.Module, path: str) -> None:
+    """
+    Load ``MODEL.MIMIC.TEACHER.WEIGHTS`` into the teacher; any missing, unexpected or mis-shaped
+    tensor is an error naming the file and the keys (see :func:`load_checkpoint_strict`).
+    """
+    load_checkpoint_strict(
+        teacher,
+        path,
+        what="Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS",
+        model_name="MODEL.MIMIC.TEACHER.CONFIG_FILE",
+    )
+    logger.info(f"Loaded teacher weights from {path}")

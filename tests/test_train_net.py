@@ -1,0 +1,75 @@
+"""train_net.py: --eval-only loads MODEL.WEIGHTS strictly (issue 11); final_metrics.json."""
+
+import importlib.util
+import json
+import os
+import tempfile
+import unittest
+
+import torch
+
+from .common import REPO_ROOT, build_model_no_weights, get_config
+
+_spec = importlib.util.spec_from_file_location("train_net", os.path.join(REPO_ROOT, "train_net.py"))
+train_net = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(train_net)
+
+STUDENT = "WIDERFace/rfcn_VGG-1-32_scratch.yaml"
+
+
+def _args(*extra):
+    return train_net.build_parser().parse_args(["--eval-only", *extra])
+
+
+class TestEvalOnlyWeights(unittest.TestCase):
+    def test_empty_weights_are_an_error(self):
+        cfg = get_config(STUDENT)
+        model = build_model_no_weights(cfg)
+        with self.assertRaisesRegex(FileNotFoundError, "MODEL.WEIGHTS is empty"):
+            train_net.load_eval_weights(cfg, model, _args())
+
+    def test_other_architecture_is_an_error_unless_lenient(self):
+        with tempfile.TemporaryDirectory() as d:
+            teacher = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-4_teacher.yaml"))
+            path = os.path.join(d, "teacher.pth")
+            torch.save({"model": teacher.state_dict()}, path)
+            cfg = get_config(STUDENT, ["MODEL.WEIGHTS", path])
+            model = build_model_no_weights(cfg)
+            with self.assertRaisesRegex(RuntimeError, "teacher.pth does not match.*shape mismatch"):
+                train_net.load_eval_weights(cfg, model, _args())
+            train_net.load_eval_weights(cfg, model, _args("--lenient"))  # detectron2's way
+
+    def test_not_a_checkpoint_names_the_file(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "notes.pth")
+            with open(path, "w") as f:
+                f.write("hello")
+            cfg = get_config(STUDENT, ["MODEL.WEIGHTS", path])
+            with self.assertRaisesRegex(RuntimeError, "notes.pth is not a readable checkpoint"):
+                train_net.load_eval_weights(cfg, build_model_no_weights(cfg), _args())
+
+    def test_matching_checkpoint_and_exported_student_load(self):
+        with tempfile.TemporaryDirectory() as d:
+            mimic_cfg = get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml")
+            mimic = build_model_no_weights(mimic_cfg)
+            student_sd = {
+                k: v for k, v in mimic.state_dict().items() if not k.startswith("mimic_adapters.")
+            }
+            path = os.path.join(d, "student.pth")
+            torch.save({"model": student_sd}, path)
+            for rel in (STUDENT, "WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"):  # adapters optional
+                cfg = get_config(rel, ["MODEL.WEIGHTS", path])
+                model = build_model_no_weights(cfg)
+                train_net.load_eval_weights(cfg, model, _args())
+                for k, v in student_sd.items():
+                    self.assertTrue(torch.equal(model.state_dict()[k], v), k)
+
+    def test_final_metrics_json(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = train_net.write_final_metrics(d, {"widerface": {"AP_easy": 50.0}})
+            with open(path) as f:
+                self.assertEqual(json.load(f), {"widerface/AP_easy": 50.0})
+
+
+if __name__ == "__main__":
+    unittest.main()
