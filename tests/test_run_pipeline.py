@@ -72,6 +72,7 @@ class TestAggregation(unittest.TestCase):
         self.assertAlmostEqual(std, 50**0.5)  # sqrt((25 + 25) / 1)
         md = results_markdown("faces", recs)
         self.assertIn("| scratch | 2 | 15.00 ± 7.07 | 2.00 ± 1.41 | 0.00 ± 0.00 |", md)
+        self.assertIn("| teacher | 1 | 90.00 | – | – |", md)  # one run: no ± shown
         self.assertIn("paper, real dataset", md)
         self.assertIn("71.3 / 55.4 / 23.8", md)
 

@@ -239,15 +239,18 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     preset = records[0]["preset"] if records else ""
     device = records[0]["device"] if records else ""
     lines = [
-        f"Synthetic {bench} benchmark, preset `{preset}`, {device}; mean ± std over n seeds "
-        "(teacher stages: one run).",
+        f"Synthetic {bench} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
+        "seeds; a single run shows its value alone (teacher stages run once).",
         "",
         "| stage | n | " + " | ".join(names) + " | paper, real dataset |",
         "|---|---|" + "---|" * len(names) + "---|",
     ]
     for stage, stats in agg.items():
         n = max(s[2] for s in stats.values())
-        cells = [f"{s[0]:.2f} ± {s[1]:.2f}" if s[2] else "–" for s in stats.values()]
+        cells = [
+            ("–" if not s[2] else f"{s[0]:.2f}" if s[2] == 1 else f"{s[0]:.2f} ± {s[1]:.2f}")
+            for s in stats.values()
+        ]
         lines.append(f"| {stage} | {n} | " + " | ".join(cells) + f" | {spec['paper'][stage]} |")
     return "\n".join(lines) + "\n"
 
@@ -508,6 +511,8 @@ def run(args) -> List[Dict]:
         if _is_done(d) and not args.force:
             print(f"{label}: skip, done ({d})", flush=True)
             records.setdefault((stage, seed), _record(args, stage, seed, iters, None, device, d))
+            if records[(stage, seed)].get("wall_s"):  # the ETA learns from earlier invocations
+                progress.record(stage, iters, records[(stage, seed)]["wall_s"])
             continue
         if args.force and os.path.isdir(d):
             import shutil

@@ -1,16 +1,15 @@
 """Training entry points: config setup and a ``DefaultTrainer`` for QuantMimic models."""
 
+import contextlib
 import logging
 import os
-import weakref
 
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer, SimpleTrainer, create_ddp_model, default_setup
-from detectron2.engine.train_loop import AMPTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -54,6 +53,28 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     return cfg
 
 
+@contextlib.contextmanager
+def _cpu_aware_ddp():
+    """
+    ``DefaultTrainer.__init__`` wraps the model with detectron2's ``create_ddp_model``, which
+    passes ``device_ids=[local rank]``; PyTorch's DDP rejects ``device_ids`` for CPU modules.
+    For the constructor's duration only, that one function gets ``device_ids=None`` for CPU models;
+    everything else is detectron2's own constructor, so changes there are inherited, not shadowed.
+    """
+    original = d2_defaults.create_ddp_model
+
+    def create_ddp_model(model, **kwargs):
+        if not next(model.parameters()).is_cuda:
+            kwargs.setdefault("device_ids", None)
+        return original(model, **kwargs)
+
+    d2_defaults.create_ddp_model = create_ddp_model
+    try:
+        yield
+    finally:
+        d2_defaults.create_ddp_model = original
+
+
 class Trainer(DefaultTrainer):
     """
     detectron2's ``DefaultTrainer`` with three changes:
@@ -61,34 +82,13 @@ class Trainer(DefaultTrainer):
     * the evaluator follows the test dataset's ``evaluator_type`` ("pascal_voc", "coco",
       "widerface");
     * models with a teacher (``MimicRCNN``) load it, strictly, when built for training;
-    * on CPU, DDP is created with ``device_ids=None`` (detectron2 passes the local rank, which
-      raises for CPU modules), so multi-process gloo runs go through the real trainer path.
+    * on CPU, DDP is created with ``device_ids=None`` (see :func:`_cpu_aware_ddp`), so
+      multi-process gloo runs go through the real trainer path.
     """
 
     def __init__(self, cfg: CfgNode):
-        # Same steps, in the same order, as DefaultTrainer.__init__; only the DDP wrapping differs.
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
-        ddp_kwargs = {"broadcast_buffers": False}
-        if not next(model.parameters()).is_cuda:
-            ddp_kwargs["device_ids"] = None
-        model = create_ddp_model(model, **ddp_kwargs)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(
-            model, data_loader, optimizer
-        )
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = DetectionCheckpointer(
-            model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
-        )
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        with _cpu_aware_ddp():
+            super().__init__(cfg)
 
     @classmethod
     def build_model(cls, cfg: CfgNode, load_teacher: bool = True) -> torch.nn.Module:
