@@ -10,8 +10,9 @@ from detectron2.structures import Boxes, Instances
 
 from quant_mimic.data import register_all_quantmimic_datasets
 from quant_mimic.data.synthetic import VOC_CLASSES, generate_faces, generate_voc, main
-from quant_mimic.data.voc import VOCDetectionEvaluator, read_split_ids, register_voc
+from quant_mimic.data.voc import read_split_ids, register_voc
 from quant_mimic.engine import Trainer
+from quant_mimic.evaluation import VOCDetectionEvaluator
 
 from .common import get_config
 

@@ -16,8 +16,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import add_quantmimic_config, validate_quantmimic_config
-from .data import VOCDetectionEvaluator
-from .evaluation import WiderFaceEvaluator
+from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
 from .teacher import resolve_teacher_config_path
 
 __all__ = ["setup_cfg", "Trainer"]

@@ -6,15 +6,17 @@ replaced by :func:`quant_mimic.data.voc.load_voc_instances`, the one the synthet
 too (same dicts, plus a ``difficult`` flag, and a split file with a single id works).
 """
 
+import logging
 import os
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from .synthetic import VOC_CLASSES
-from .voc import load_voc_instances, register_voc
+from .voc import SYNTH_VOC_CLASSES, load_voc_instances, register_voc
 from .widerface import register_widerface
 
 __all__ = ["register_all_quantmimic_datasets"]
+
+logger = logging.getLogger(__name__)
 
 
 def register_all_quantmimic_datasets(root: str = None, replace: bool = False) -> None:
@@ -39,12 +41,12 @@ def register_all_quantmimic_datasets(root: str = None, replace: bool = False) ->
         (
             "synth_voc_trainval",
             register_voc,
-            (os.path.join(synth, "VOC2007"), "trainval", 2007, VOC_CLASSES),
+            (os.path.join(synth, "VOC2007"), "trainval", 2007, SYNTH_VOC_CLASSES),
         ),
         (
             "synth_voc_test",
             register_voc,
-            (os.path.join(synth, "VOC2007"), "test", 2007, VOC_CLASSES),
+            (os.path.join(synth, "VOC2007"), "test", 2007, SYNTH_VOC_CLASSES),
         ),
     ]
     for name, fn, args in todo:
@@ -56,7 +58,13 @@ def register_all_quantmimic_datasets(root: str = None, replace: bool = False) ->
     _use_project_voc_loader()
 
 
+_logged_voc_replacement = False
+
+
 def _use_project_voc_loader() -> None:
+    """Give detectron2's built-in ``voc_*`` datasets this project's loader; say so once."""
+    global _logged_voc_replacement
+    replaced = []
     for name in DatasetCatalog.list():
         meta = MetadataCatalog.get(name)
         if not name.startswith("voc_") or meta.get("evaluator_type") != "pascal_voc":
@@ -68,3 +76,11 @@ def _use_project_voc_loader() -> None:
                 d, s, c
             ),
         )
+        replaced.append(name)
+    if replaced and not _logged_voc_replacement:
+        logger.info(
+            f"Re-registered detectron2's built-in datasets {replaced} with "
+            "quant_mimic.data.voc.load_voc_instances (same dicts plus a 'difficult' flag; split "
+            "files with a single id work)"
+        )
+        _logged_voc_replacement = True

@@ -30,11 +30,13 @@ import cv2
 import numpy as np
 import scipy.io
 
+from .voc import SYNTH_VOC_CLASSES
+
 __all__ = ["VOC_CLASSES", "FACE_EVENTS", "FaceStyle", "generate_faces", "generate_voc", "main"]
 
 logger = logging.getLogger(__name__)
 
-VOC_CLASSES = ("zero", "one", "two", "three", "four", "five")
+VOC_CLASSES = SYNTH_VOC_CLASSES  # the generator draws these; registration reads them from voc.py
 FACE_EVENTS = ("0--Brick", "1--Grass", "2--Gravel", "3--Moon", "4--Camera")
 _FONTS = (
     cv2.FONT_HERSHEY_SIMPLEX,

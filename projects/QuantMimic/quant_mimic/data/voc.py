@@ -1,4 +1,4 @@
-"""Pascal VOC loading and registration (detectron2's format and evaluator, one robustness fix)."""
+"""Pascal VOC loading and registration (detectron2's format, one robustness fix)."""
 
 import logging
 import os
@@ -6,11 +6,13 @@ import xml.etree.ElementTree as ET
 from typing import List, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["read_split_ids", "load_voc_instances", "register_voc", "VOCDetectionEvaluator"]
+__all__ = ["SYNTH_VOC_CLASSES", "read_split_ids", "load_voc_instances", "register_voc"]
+
+# The six classes of the synthetic VOC-layout benchmark (glyphs of the digits 0-5).
+SYNTH_VOC_CLASSES = ("zero", "one", "two", "three", "four", "five")
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +83,3 @@ def register_voc(
         split=split,
         evaluator_type="pascal_voc",
     )
-
-
-class VOCDetectionEvaluator(PascalVOCDetectionEvaluator):
-    """detectron2's VOC evaluator, saying which AP it reports (VOC07 11-point or area under PR)."""
-
-    def evaluate(self):
-        metric = (
-            "VOC2007 11-point interpolated AP" if self._is_2007 else "VOC2010+ area-under-PR AP"
-        )
-        results = super().evaluate()
-        if results is not None:
-            self._logger.info(f"{self._dataset_name}: bbox AP/AP50/AP75 above use the {metric}")
-        return results

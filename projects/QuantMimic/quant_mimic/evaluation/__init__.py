@@ -1,3 +1,4 @@
+from .voc import VOCDetectionEvaluator
 from .widerface import WiderFaceEvaluator, evaluate_widerface
 
-__all__ = ["WiderFaceEvaluator", "evaluate_widerface"]
+__all__ = ["VOCDetectionEvaluator", "WiderFaceEvaluator", "evaluate_widerface"]
