@@ -249,3 +249,16 @@ class TestRFCNHead(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestOHEMLossType(unittest.TestCase):
+    def test_ohem_rejects_other_box_losses_clearly(self):
+        with self.assertRaisesRegex(ValueError, "BBOX_REG_LOSS_TYPE 'smooth_l1', got 'giou'"):
+            build_model_no_weights(
+                get_config(WIDER, ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou"])
+            )
+        cfg = get_config(
+            WIDER,
+            ["MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE", "giou", "MODEL.RFCN.OHEM.ENABLED", False],
+        )
+        build_model_no_weights(cfg)  # without OHEM, detectron2's losses handle every type

@@ -6,7 +6,6 @@ and its ``Res5ROIHeads`` always builds Bottleneck blocks, so both are rebuilt he
 detectron2's own ``BasicStem`` / ``BasicBlock`` / ``BottleneckBlock`` / ``ResNet.make_stage``.
 """
 
-import logging
 from typing import Tuple
 
 from torch import nn
@@ -16,6 +15,8 @@ from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, ShapeSpec
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
+from .widths import ALLOWED_DIVISORS, divide_channels
+
 __all__ = [
     "ALLOWED_DIVISORS",
     "divide_channels",
@@ -24,17 +25,8 @@ __all__ = [
     "DividedRes5ROIHeads",
 ]
 
-logger = logging.getLogger(__name__)
 
-ALLOWED_DIVISORS = (1, 2, 4, 8, 16, 32)
 _BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3]}
-
-
-def divide_channels(channels: int, divisor: int) -> int:
-    """Width of a conv layer of a "1-n" network: ``channels // divisor``, at least 1."""
-    if divisor not in ALLOWED_DIVISORS:
-        raise ValueError(f"Unknown channel divisor: {divisor}; expected one of {ALLOWED_DIVISORS}")
-    return max(1, channels // divisor)
 
 
 def _stage_kwargs(cfg: CfgNode, stage_idx: int, in_channels: int) -> Tuple[dict, int]:

@@ -230,6 +230,12 @@ class RFCNROIHeads(ROIHeads):
             nn.init.normal_(conv.weight, std=std)
             nn.init.zeros_(conv.bias)
         self.box_predictor = box_predictor
+        if ohem and box_predictor.box_reg_loss_type != "smooth_l1":
+            # OHEM ranks RoIs by a per-RoI loss (RFCNOutputLayers.per_roi_losses), smooth L1 only.
+            raise ValueError(
+                "MODEL.RFCN.OHEM.ENABLED needs MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE 'smooth_l1', "
+                f"got {box_predictor.box_reg_loss_type!r}"
+            )
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: Dict[str, ShapeSpec]):

@@ -4,7 +4,6 @@ VGG16's 13 convs (conv1_1 .. conv5_3, 3×3, ReLU) with max-pooling after blocks 
 the last map has stride 16 as in py-R-FCN. "VGG-1-n" divides every conv width by n.
 """
 
-import logging
 from collections import OrderedDict
 from typing import Dict, List
 
@@ -16,11 +15,9 @@ from detectron2.config import CfgNode, configurable
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone, ShapeSpec
 
-from .divided_resnet import divide_channels
+from .widths import divide_channels
 
 __all__ = ["VGG16", "build_divided_vgg_backbone"]
-
-logger = logging.getLogger(__name__)
 
 # (number of convs, width) of the five blocks of VGG16 (Simonyan & Zisserman, configuration D).
 _VGG16_BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
