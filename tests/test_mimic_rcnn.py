@@ -220,7 +220,7 @@ class TestMimicRCNNModel(unittest.TestCase):
                 boxes = [
                     Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0], [0.0, 0.0, 50.0, 40.0]]))
                 ] * 2
-                got = model.mimic_losses(inputs, feats, boxes)["loss_mimic"]
+                got = model.weighted_mimic_loss(inputs, feats, boxes)["loss_mimic"]
                 with torch.no_grad():
                     timg = model.teacher.preprocess_image(inputs)
                     ft = model.teacher_poolers[0](

@@ -72,6 +72,48 @@ def mimic_loss(
     return loss, mismatch
 
 
+def _mimic_feature_names(cfg: CfgNode, tcfg: CfgNode, s_shapes, t_shapes) -> Tuple[List, List]:
+    """
+    The paired student/teacher feature-map names: ``MODEL.MIMIC.STUDENT/TEACHER_FEATURES``, by
+    default the maps each detector's ROI heads read ("the end of the feature extractor", §3.2).
+    """
+    m = cfg.MODEL.MIMIC
+    s_names = list(m.STUDENT_FEATURES) or list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
+    t_names = list(m.TEACHER_FEATURES) or list(tcfg.MODEL.ROI_HEADS.IN_FEATURES)
+    for names, shapes, who in ((s_names, s_shapes, "student"), (t_names, t_shapes, "teacher")):
+        missing = [n for n in names if n not in shapes]
+        assert (
+            not missing
+        ), f"Mimic features {missing} are not {who} backbone outputs {list(shapes)}"
+    return s_names, t_names
+
+
+def _build_adapter(kind: str, student_channels: int, teacher_channels: int) -> nn.Module:
+    """r of eq. 5: a 1×1 conv from student to teacher channels, or the identity."""
+    if kind == "conv1x1":
+        adapter = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
+        nn.init.normal_(adapter.weight, std=0.01)
+        nn.init.zeros_(adapter.bias)
+        return adapter
+    if kind == "identity":
+        assert student_channels == teacher_channels, (
+            f"ADAPTER 'identity' needs equal channels, got student {student_channels}, "
+            f"teacher {teacher_channels}"
+        )
+        return nn.Identity()
+    raise ValueError(f"Unknown MODEL.MIMIC.ADAPTER: {kind}")
+
+
+def _build_pooler(m: CfgNode, stride: int) -> ROIPooler:
+    """The RoI pooling of f^i (S×S, ``MODEL.MIMIC.POOLER_*``) on one map of the given stride."""
+    return ROIPooler(
+        output_size=m.POOLER_RESOLUTION,
+        scales=(1.0 / stride,),
+        sampling_ratio=m.POOLER_SAMPLING_RATIO,
+        pooler_type=m.POOLER_TYPE,
+    )
+
+
 @META_ARCH_REGISTRY.register()
 class MimicRCNN(GeneralizedRCNN):
     """
@@ -92,8 +134,8 @@ class MimicRCNN(GeneralizedRCNN):
         *,
         teacher: GeneralizedRCNN,
         teacher_weights: str = "",
-        student_features: List[str],
-        teacher_features: List[str],
+        student_feature_names: List[str],
+        teacher_feature_names: List[str],
         adapters: nn.ModuleList,
         student_poolers: List[ROIPooler],
         teacher_poolers: List[ROIPooler],
@@ -113,7 +155,7 @@ class MimicRCNN(GeneralizedRCNN):
         Args:
             teacher (GeneralizedRCNN): the teacher detector (only its backbone runs).
             teacher_weights (str): checkpoint of the teacher, loaded by :meth:`load_teacher`.
-            student_features / teacher_features (list[str]): the paired feature maps to mimic.
+            student_feature_names / teacher_feature_names (list[str]): the paired maps to mimic.
             adapters (nn.ModuleList): r for each pair, mapping student RoI features to the teacher's
                 channels.
             student_poolers / teacher_poolers (list[ROIPooler]): one per pair (own stride each).
@@ -130,7 +172,7 @@ class MimicRCNN(GeneralizedRCNN):
         """
         super().__init__(**kwargs)
         assert (
-            len(student_features) == len(teacher_features) == len(adapters)
+            len(student_feature_names) == len(teacher_feature_names) == len(adapters)
         ), "MODEL.MIMIC.STUDENT_FEATURES and TEACHER_FEATURES must pair up one to one"
         teacher.eval()
         for p in teacher.parameters():
@@ -140,8 +182,8 @@ class MimicRCNN(GeneralizedRCNN):
         self.teacher_weights = teacher_weights
         self.teacher_loaded = False
         self._warned_random_teacher = False
-        self.student_features = list(student_features)
-        self.teacher_features = list(teacher_features)
+        self.student_feature_names = list(student_feature_names)
+        self.teacher_feature_names = list(teacher_feature_names)
         self.mimic_adapters = adapters
         # Poolers hold no parameters; a plain list keeps them out of the state_dict.
         self.student_poolers = list(student_poolers)
@@ -171,48 +213,18 @@ class MimicRCNN(GeneralizedRCNN):
         teacher = build_model(tcfg)
         s_shapes = ret["backbone"].output_shape()
         t_shapes = teacher.backbone.output_shape()
-        s_names = list(m.STUDENT_FEATURES) or list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-        t_names = list(m.TEACHER_FEATURES) or list(tcfg.MODEL.ROI_HEADS.IN_FEATURES)
-        for names, shapes, who in ((s_names, s_shapes, "student"), (t_names, t_shapes, "teacher")):
-            missing = [n for n in names if n not in shapes]
-            assert (
-                not missing
-            ), f"Mimic features {missing} are not {who} backbone outputs {list(shapes)}"
-        adapters, s_poolers, t_poolers = [], [], []
-        for s_name, t_name in zip(s_names, t_names):
-            cs, ct = s_shapes[s_name].channels, t_shapes[t_name].channels
-            if m.ADAPTER == "conv1x1":
-                adapter = nn.Conv2d(cs, ct, kernel_size=1)
-                nn.init.normal_(adapter.weight, std=0.01)
-                nn.init.zeros_(adapter.bias)
-            elif m.ADAPTER == "identity":
-                assert (
-                    cs == ct
-                ), f"ADAPTER 'identity' needs equal channels, got student {cs}, teacher {ct}"
-                adapter = nn.Identity()
-            else:
-                raise ValueError(f"Unknown MODEL.MIMIC.ADAPTER: {m.ADAPTER}")
-            adapters.append(adapter)
-            for shapes, name, poolers in (
-                (s_shapes, s_name, s_poolers),
-                (t_shapes, t_name, t_poolers),
-            ):
-                poolers.append(
-                    ROIPooler(
-                        output_size=m.POOLER_RESOLUTION,
-                        scales=(1.0 / shapes[name].stride,),
-                        sampling_ratio=m.POOLER_SAMPLING_RATIO,
-                        pooler_type=m.POOLER_TYPE,
-                    )
-                )
+        s_names, t_names = _mimic_feature_names(cfg, tcfg, s_shapes, t_shapes)
         ret.update(
             teacher=teacher,
             teacher_weights=m.TEACHER.WEIGHTS,
-            student_features=s_names,
-            teacher_features=t_names,
-            adapters=nn.ModuleList(adapters),
-            student_poolers=s_poolers,
-            teacher_poolers=t_poolers,
+            student_feature_names=s_names,
+            teacher_feature_names=t_names,
+            adapters=nn.ModuleList(
+                _build_adapter(m.ADAPTER, s_shapes[s].channels, t_shapes[t].channels)
+                for s, t in zip(s_names, t_names)
+            ),
+            student_poolers=[_build_pooler(m, s_shapes[n].stride) for n in s_names],
+            teacher_poolers=[_build_pooler(m, t_shapes[n].stride) for n in t_names],
             num_rois=m.NUM_ROIS,
             add_gt_boxes=m.ADD_GT_BOXES,
             quantize_teacher=m.QUANTIZE_TEACHER,
@@ -287,13 +299,15 @@ class MimicRCNN(GeneralizedRCNN):
             t_images = self.teacher.preprocess_image(batched_inputs)
             teacher_feature_maps = self.teacher.backbone(t_images.tensor)
         pairs = []
-        for i, (s_name, t_name) in enumerate(zip(self.student_features, self.teacher_features)):
+        for i, (s_name, t_name) in enumerate(
+            zip(self.student_feature_names, self.teacher_feature_names)
+        ):
             f_t = self.teacher_poolers[i]([teacher_feature_maps[t_name]], boxes)
             f_s = self.student_poolers[i]([student_feature_maps[s_name]], boxes)
             pairs.append((f_t, self.mimic_adapters[i](f_s)))
         return pairs
 
-    def mimic_losses(
+    def weighted_mimic_loss(
         self, batched_inputs, student_feature_maps: Dict[str, torch.Tensor], boxes: List[Boxes]
     ) -> Dict[str, torch.Tensor]:
         """
@@ -302,7 +316,7 @@ class MimicRCNN(GeneralizedRCNN):
         Returns:
             dict[str->Tensor]: {"loss_mimic": λ·L_m}; diagnostics go to the event storage.
         """
-        total = student_feature_maps[self.student_features[0]].sum() * 0.0
+        total = student_feature_maps[self.student_feature_names[0]].sum() * 0.0
         mismatches = []
         for f_t, f_s in self.pooled_roi_features(batched_inputs, student_feature_maps, boxes):
             loss, mismatch = mimic_loss(
@@ -353,5 +367,5 @@ class MimicRCNN(GeneralizedRCNN):
         losses = {}
         losses.update(detector_losses)
         losses.update(proposal_losses)
-        losses.update(self.mimic_losses(batched_inputs, features, boxes))
+        losses.update(self.weighted_mimic_loss(batched_inputs, features, boxes))
         return losses
