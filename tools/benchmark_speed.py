@@ -11,6 +11,7 @@ proposals are capped by POST_NMS_TOPK_TEST as in the configs).
 
 import argparse
 import json
+import os
 import statistics
 import time
 
@@ -21,13 +22,12 @@ from detectron2.modeling import build_model
 import quant_mimic  # noqa: F401
 from quant_mimic import setup_cfg
 
+# Config paths are relative to the repository's configs/ folder: the tool runs from any directory.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODELS = {
-    "VGG16 R-FCN": (
-        "configs/WIDERFace/rfcn_VGG-1-4_teacher.yaml",
-        ["MODEL.VGG.CHANNEL_DIVISOR", 1],
-    ),
-    "VGG-1-4 R-FCN": ("configs/WIDERFace/rfcn_VGG-1-4_teacher.yaml", []),
-    "VGG-1-32 R-FCN": ("configs/WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
+    "VGG16 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", ["MODEL.VGG.CHANNEL_DIVISOR", 1]),
+    "VGG-1-4 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", []),
+    "VGG-1-32 R-FCN": ("WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
 }
 
 
@@ -60,7 +60,10 @@ def main() -> None:
     image = torch.rand(1, args.height, args.width) * 255
     rows = []
     for name, (config, opts) in MODELS.items():
-        cfg = setup_cfg(config, ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""] + opts)
+        cfg = setup_cfg(
+            os.path.join(CONFIG_DIR, config),
+            ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""] + opts,
+        )
         model = build_model(cfg).eval()
         inputs = [{"image": image.to(device), "height": args.height, "width": args.width}]
         params = sum(p.numel() for p in model.parameters())
