@@ -40,5 +40,6 @@ class TestCheckpointWrittenBeforeTheChange(unittest.TestCase):
             losses = model(inputs)
         self.assertTrue(torch.allclose(losses["loss_mimic"], saved["loss_mimic"], rtol=1e-5))
 
+
 if __name__ == "__main__":
     unittest.main()
