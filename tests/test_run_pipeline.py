@@ -17,6 +17,7 @@ from run_pipeline import (  # noqa: E402
     aggregate,
     dict_opts,
     mean_std,
+    report,
     results_markdown,
 )
 
@@ -75,6 +76,18 @@ class TestAggregation(unittest.TestCase):
         self.assertIn("| teacher | 1 | 90.00 | – | – |", md)  # one run: no ± shown
         self.assertIn("paper, real dataset", md)
         self.assertIn("71.3 / 55.4 / 23.8", md)
+
+    def test_report_of_committed_results(self):
+        recs = [
+            {"bench": "faces", "stage": "scratch", "seed": k, "preset": "p", "device": "d",
+             "metrics": {"widerface/AP_easy": v}}
+            for k, v in enumerate((1.0, 2.0, 6.0))
+        ]  # fmt: skip
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "results.json")
+            with open(path, "w") as f:
+                json.dump(recs, f)
+            self.assertIn("| scratch | 3 | 3.00 ± 2.65 |", report([path]))  # sqrt(7)
 
     def test_dict_opts(self):
         self.assertEqual(

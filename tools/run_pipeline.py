@@ -622,18 +622,36 @@ def _mismatch(args, bench: str, preset: Dict, out: str) -> None:
         )
 
 
+def report(paths: Sequence[str]) -> str:
+    """The results.md table of committed ``results.json`` files (README tables are made so)."""
+    records = [r for path in paths for r in _read_json(path)]
+    benches = sorted({r["bench"] for r in records})
+    return "\n".join(results_markdown(b, [r for r in records if r["bench"] == b]) for b in benches)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--bench", required=True, choices=sorted(BENCHES))
-    p.add_argument("--preset", required=True, help="smoke | cpu | gpu, or a preset yaml file")
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only print the table of these results.json files (no training)",
+    )
+    p.add_argument("--bench", choices=sorted(BENCHES))
+    p.add_argument("--preset", help="smoke | cpu | cpu_long | gpu, or a preset yaml file")
     p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder")
     p.add_argument("--stages", nargs="+", choices=STAGES, help="default: all, in order")
     p.add_argument("--force", action="store_true", help="redo the selected stages")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
     p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
     args = p.parse_args(argv)
+    if args.report:
+        return args
+    for name in ("bench", "preset", "out"):
+        if getattr(args, name) is None:
+            p.error(f"--{name} is required")
     if args.seeds < 1:
         p.error("--seeds must be ≥ 1")
     if len(args.opts) % 2:
@@ -642,7 +660,11 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    if args.report:
+        print(report(args.report))
+    else:
+        run(args)
     return 0
 
 
