@@ -638,7 +638,7 @@ def parse_args(argv=None):
         help="only print the table of these results.json files (no training)",
     )
     p.add_argument("--bench", choices=sorted(BENCHES))
-    p.add_argument("--preset", help="smoke | cpu | cpu_long | gpu, or a preset yaml file")
+    p.add_argument("--preset", help="smoke | cpu | gpu, or a preset yaml file")
     p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--stages", nargs="+", choices=STAGES, help="default: all, in order")
