@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,17 @@ class TestTools(unittest.TestCase):
             self.assertNotEqual(proc.returncode, 0)
             self.assertIn(b"not a readable torch checkpoint", proc.stderr)
             self.assertFalse(os.path.exists(src + "2"))
+
+    def test_benchmark_speed_runs_from_any_directory(self):
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "speed.json")
+            tool = os.path.join(REPO_ROOT, "tools", "benchmark_speed.py")
+            cmd = [sys.executable, tool, "--device", "cpu", "--runs", "1", "--warmup", "0"]
+            cmd += ["--height", "64", "--width", "96", "--json", out]
+            proc = subprocess.run(cmd, capture_output=True, cwd=d)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            with open(out) as f:
+                self.assertEqual(len(json.load(f)), 3)
 
     def test_prepare_widerface_checks_layout(self):
         with tempfile.TemporaryDirectory() as d:
