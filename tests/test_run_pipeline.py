@@ -17,6 +17,7 @@ from run_pipeline import (  # noqa: E402
     aggregate,
     dict_opts,
     mean_std,
+    parse_args,
     report,
     results_markdown,
 )
@@ -88,6 +89,15 @@ class TestAggregation(unittest.TestCase):
             with open(path, "w") as f:
                 json.dump(recs, f)
             self.assertIn("| scratch | 3 | 3.00 ± 2.65 |", report([path]))  # sqrt(7)
+
+    def test_stages_then_overrides(self):
+        base = ["--bench", "faces", "--preset", "smoke", "--out", "o"]
+        a = parse_args(base + ["--stages", "teacher_quantized", "quant_mimic", "A.B", "0.25"])
+        self.assertEqual(
+            (a.stages, a.opts), (["teacher_quantized", "quant_mimic"], ["A.B", "0.25"])
+        )
+        with self.assertRaises(SystemExit):
+            parse_args(base + ["--stages", "nope"])
 
     def test_dict_opts(self):
         self.assertEqual(

@@ -641,7 +641,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", help="smoke | cpu | gpu, or a preset yaml file")
     p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
     p.add_argument("--out", help="output folder")
-    p.add_argument("--stages", nargs="+", choices=STAGES, help="default: all, in order")
+    p.add_argument("--stages", nargs="+", metavar="STAGE", help=f"default: all of {STAGES}")
     p.add_argument("--force", action="store_true", help="redo the selected stages")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
     p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
@@ -652,6 +652,12 @@ def parse_args(argv=None):
     for name in ("bench", "preset", "out"):
         if getattr(args, name) is None:
             p.error(f"--{name} is required")
+    if args.stages:  # "--stages a b KEY VALUE ...": the stage names end where the overrides begin
+        n = next((i for i, x in enumerate(args.stages) if x not in STAGES), len(args.stages))
+        if n == 0:
+            p.error(f"--stages: unknown stage {args.stages[0]!r}; choose from {STAGES}")
+        args.opts = args.stages[n:] + list(args.opts)
+        args.stages = args.stages[:n]
     if args.seeds < 1:
         p.error("--seeds must be ≥ 1")
     if len(args.opts) % 2:
