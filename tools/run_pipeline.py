@@ -510,7 +510,8 @@ def run(args) -> List[Dict]:
         d = stage_dir(out, stage, seed)
         if _is_done(d) and not args.force:
             print(f"{label}: skip, done ({d})", flush=True)
-            records.setdefault((stage, seed), _record(args, stage, seed, iters, None, device, d))
+            if (stage, seed) not in records:  # finished, but recorded by no earlier invocation
+                records[(stage, seed)] = _record(args, stage, seed, iters, None, device, d)
             if records[(stage, seed)].get("wall_s"):  # the ETA learns from earlier invocations
                 progress.record(stage, iters, records[(stage, seed)]["wall_s"])
             continue
@@ -542,26 +543,16 @@ def run(args) -> List[Dict]:
 
 
 def _record(args, stage, seed, iters, wall, device, d) -> Dict:
-    cfg_path = config_file(args.bench, stage)
-    old = None
-    if wall is None:  # skipped stage: keep what an earlier invocation recorded, if anything
-        old = next(
-            (
-                r
-                for r in _load_records(os.path.join(os.path.abspath(args.out), "results.json"))
-                if r["stage"] == stage and r["seed"] == seed
-            ),
-            None,
-        )
+    """One results.json record; ``wall`` is None for a finished stage found without a record."""
     return {
         "bench": args.bench,
         "preset": args.preset,
         "stage": stage,
-        "config": os.path.relpath(cfg_path, REPO_ROOT),
+        "config": os.path.relpath(config_file(args.bench, stage), REPO_ROOT),
         "seed": seed if seed is not None else 0,
         "iterations": iters,
-        "wall_s": round(wall, 1) if wall is not None else (old or {}).get("wall_s"),
-        "device": device if old is None else old.get("device", device),
+        "wall_s": round(wall, 1) if wall is not None else None,
+        "device": device,
         "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
         "overrides": list(args.opts),
     }
