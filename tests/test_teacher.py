@@ -1,5 +1,7 @@
-"""Teacher config path resolves like _BASE_, from any working directory (quant_mimic.teacher)."""
+"""quant_mimic.teacher: the config path resolves like _BASE_ from any working directory; the
+teacher file is pinned (size + SHA-256) and a different one on resume is an error."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -50,6 +52,34 @@ class TestTeacherConfigPath(unittest.TestCase):
                 os.path.join(CONFIG_DIR, "Synth", "rfcn_VGG-1-32_scratch.yaml")
             )
         )
+
+
+class TestTeacherPin(unittest.TestCase):
+    def test_pin_recorded_and_checked_on_resume(self):
+        from quant_mimic.teacher import TEACHER_PIN_FILE, pin_teacher, teacher_fingerprint
+
+        with tempfile.TemporaryDirectory() as d:
+            teacher, out = os.path.join(d, "teacher.pth"), os.path.join(d, "out")
+            with open(teacher, "wb") as f:
+                f.write(b"weights v1")
+            with self.assertLogs("quant_mimic.teacher", level="INFO") as logs:
+                pinned = pin_teacher(out, teacher, resume=False)
+            self.assertIn(pinned["sha256"], "\n".join(logs.output))
+            with open(os.path.join(out, TEACHER_PIN_FILE)) as f:
+                self.assertEqual(json.load(f), pinned)
+            self.assertEqual(pinned["size"], 10)
+            pin_teacher(out, teacher, resume=True)  # same file: fine
+            with open(teacher, "wb") as f:
+                f.write(b"weights v2")  # same size, other content
+            with self.assertRaisesRegex(RuntimeError, "teacher checkpoint changed.*ALLOW_CHANGE"):
+                pin_teacher(out, teacher, resume=True)
+            with self.assertLogs("quant_mimic.teacher", level="WARNING"):
+                pin_teacher(out, teacher, resume=True, allow_change=True)
+            self.assertEqual(pinned["size"], teacher_fingerprint(teacher)["size"])
+            pin_teacher(out, teacher, resume=True)  # re-pinned: now fine
+            with open(teacher, "wb") as f:
+                f.write(b"v3")
+            pin_teacher(out, teacher, resume=False)  # a new run pins the new teacher
 
 
 if __name__ == "__main__":

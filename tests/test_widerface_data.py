@@ -85,5 +85,66 @@ class TestLoadWiderFace(unittest.TestCase):
             self.assertEqual(dicts[2]["event"], "1--Handshaking")
 
 
+def _images(root, rels, size=(90, 120)):
+    for rel in rels:
+        os.makedirs(os.path.join(root, os.path.dirname(rel)), exist_ok=True)
+        cv2.imwrite(os.path.join(root, rel), np.zeros(size + (3,), np.uint8))
+
+
+class TestWiderFaceDataChecks(unittest.TestCase):
+    def test_boxes_clipped_to_the_image_and_outside_ones_counted(self):
+        text = (
+            "0--E/a.jpg\n4\n"
+            "-10 5 30 20 0 0 0 0 0 0\n"  # reaches left of the image: clipped to x 0..20
+            "100 80 50 50 0 0 0 0 0 0\n"  # reaches past the bottom-right: clipped
+            "200 10 20 20 0 0 0 0 0 0\n"  # entirely right of the 120-wide image: left out
+            "10 10 20 20 0 0 0 0 0 0\n"  # inside
+        )
+        with tempfile.TemporaryDirectory() as d:
+            _images(os.path.join(d, "images"), ["0--E/a.jpg"])
+            with self.assertLogs("quant_mimic.data.widerface", level="WARNING") as logs:
+                dicts = load_widerface_instances(os.path.join(d, "images"), _write(d, text), "t")
+        self.assertIn("2 boxes reach outside their image and were clipped", logs.output[0])
+        self.assertIn("1 boxes lie entirely outside", logs.output[0])
+        boxes = [a["bbox"] for a in dicts[0]["annotations"]]
+        self.assertEqual(boxes, [[0, 5, 20, 20], [100, 80, 20, 10], [10, 10, 20, 20]])
+
+    def test_a_split_with_every_box_dropped_is_an_error(self):
+        text = "0--E/a.jpg\n2\n500 5 30 20 0 0 0 0 0 0\n10 10 20 20 0 0 0 1 0 0\n"
+        with tempfile.TemporaryDirectory() as d:
+            _images(os.path.join(d, "images"), ["0--E/a.jpg"])
+            with self.assertRaisesRegex(ValueError, "all 2 face rows were left out"):
+                load_widerface_instances(os.path.join(d, "images"), _write(d, text), "t")
+
+    def test_unreadable_image_is_named_at_load_time(self):
+        text = "0--E/a.jpg\n1\n1 1 20 20 0 0 0 0 0 0\n"
+        with tempfile.TemporaryDirectory() as d:
+            os.makedirs(os.path.join(d, "images", "0--E"))
+            with open(os.path.join(d, "images", "0--E", "a.jpg"), "wb") as f:
+                f.write(b"not an image")
+            with self.assertRaisesRegex(ValueError, r"Cannot open WIDER FACE image .*0--E/a\.jpg"):
+                load_widerface_instances(os.path.join(d, "images"), _write(d, text), "t")
+
+    def test_truncated_image_is_named_by_the_mapper(self):
+        from quant_mimic import setup_cfg
+        from quant_mimic.data import ImageReadError, NamedErrorDatasetMapper
+
+        from .common import CONFIG_DIR
+
+        cfg = setup_cfg(os.path.join(CONFIG_DIR, "Synth", "rfcn_VGG-1-32_scratch.yaml"))
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "t.jpg")
+            ok, buf = cv2.imencode(
+                ".jpg", (np.random.RandomState(0).rand(64, 64, 3) * 255).astype("uint8")
+            )
+            with open(path, "wb") as f:
+                f.write(buf.tobytes()[: len(buf) // 2])  # header intact, data cut
+            record = {"file_name": path, "image_id": "t", "height": 64, "width": 64,
+                      "annotations": []}  # fmt: skip
+            for is_train in (True, False):
+                with self.assertRaisesRegex(ImageReadError, "t.jpg"):
+                    NamedErrorDatasetMapper(cfg, is_train)(dict(record))
+
+
 if __name__ == "__main__":
     unittest.main()

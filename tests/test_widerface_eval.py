@@ -1,4 +1,5 @@
 import os
+import shutil
 import tempfile
 import unittest
 
@@ -12,6 +13,7 @@ from quant_mimic.data.synthetic import face_subsets, generate_faces
 from quant_mimic.data.widerface import register_widerface
 from quant_mimic.evaluation.widerface import (
     WiderFaceEvaluator,
+    WiderFaceFormatError,
     evaluate_widerface,
     main,
     read_widerface_predictions,
@@ -52,7 +54,9 @@ class TestWiderFaceEval(unittest.TestCase):
         self.assertAlmostEqual(aps["hard"], 1.0, places=6)
 
     def test_no_predictions(self):
-        aps = evaluate_widerface({}, self.gt_dir)
+        with self.assertRaisesRegex(WiderFaceFormatError, r"(\d+) of \1 ground-truth images"):
+            evaluate_widerface({}, self.gt_dir)
+        aps = evaluate_widerface({}, self.gt_dir, allow_missing=True)
         self.assertEqual(aps, {"easy": 0.0, "medium": 0.0, "hard": 0.0})
 
     def test_subsets_nest_and_hard_has_small_faces(self):
@@ -115,6 +119,80 @@ class TestWiderFaceEval(unittest.TestCase):
         self.assertAlmostEqual(aps["easy"], 1.0, places=6)
         # hard keeps both: (1, 0.5), (0.5, 0.5), (2/3, 1) -> AP = 0.5·1 + 0.5·2/3
         self.assertAlmostEqual(aps["hard"], 0.5 + 0.5 * 2 / 3, places=6)
+
+    def test_non_finite_scores_and_unknown_images_are_errors(self):
+        good = _gt_preds(self.written["val"], lambda k: 0.9 - 0.1 * k)
+        event = sorted(good)[0]
+        stem = sorted(good[event])[0]
+        for value in (float("nan"), float("inf"), -float("inf")):
+            preds = _gt_preds(self.written["val"], lambda k: 0.9 - 0.1 * k)
+            preds[event][stem] = np.concatenate([preds[event][stem], [[1, 1, 9, 9, value]]])
+            with self.assertRaisesRegex(WiderFaceFormatError, f"{event}/{stem}: non-finite"):
+                evaluate_widerface(preds, self.gt_dir, allow_missing=True)
+        for where in (event, "99--Nowhere"):  # unknown image in a known / an unknown event
+            preds = _gt_preds(self.written["val"], lambda k: 0.9 - 0.1 * k)
+            preds.setdefault(where, {})["not_an_image"] = np.array([[1, 1, 9, 9, 100.0]])
+            with self.assertRaisesRegex(WiderFaceFormatError, f"not in the ground truth.*{where}"):
+                evaluate_widerface(preds, self.gt_dir, allow_missing=True)
+
+    def test_missing_images_and_events(self):
+        preds = _gt_preds(self.written["val"])
+        total = sum(len(v) for v in preds.values())
+        dropped_event = sorted(preds)[0]
+        n = len(preds.pop(dropped_event))
+        with self.assertRaisesRegex(WiderFaceFormatError, f"{n} of {total} ground-truth images"):
+            evaluate_widerface(preds, self.gt_dir)
+        with self.assertLogs("quant_mimic.evaluation.widerface", level="WARNING") as logs:
+            aps = evaluate_widerface(preds, self.gt_dir, allow_missing=True)
+        self.assertIn(f"{n} of {total}", "\n".join(logs.output))
+        self.assertLess(aps["hard"], 1.0)
+
+    def test_reader_rejects_malformed_files_naming_file_and_line(self):
+        cases = {
+            "a\n2\n1 1 5 5 0.9\n": ":2: the count line says 2 detections, the file has 1",
+            "a\n1\n1 1 5 5 0.9\n2 2 5 5 0.8\n": ":2: the count line says 1",
+            "a\nx\n": ":2: expected a detection count",
+            "a\n1\n1 1 5 five 0.9\n": ":3: non-numeric",
+            "a\n1\n1 1 5 5\n": ":3: expected 'x y w h score'",
+            "a\n1\n1 1 5 5 nan\n": ":3: non-finite",
+            "a\n1\n1 1 -5 5 0.5\n": ":3: negative width",
+            "a\n": ": expected an image name line and a count line",
+        }
+        for text, msg in cases.items():
+            with self.subTest(text=text), tempfile.TemporaryDirectory() as d:
+                os.makedirs(os.path.join(d, "0--E"))
+                with open(os.path.join(d, "0--E", "img.txt"), "w") as f:
+                    f.write(text)
+                with self.assertRaisesRegex(WiderFaceFormatError, "img.txt" + msg):
+                    read_widerface_predictions(d)
+        with tempfile.TemporaryDirectory() as d:
+            with self.assertRaisesRegex(WiderFaceFormatError, "no predictions"):
+                read_widerface_predictions(d)
+            with self.assertRaises(FileNotFoundError):
+                read_widerface_predictions(os.path.join(d, "absent"))
+            with self.assertRaises(WiderFaceFormatError):
+                main(["--pred", d, "--gt", self.gt_dir])
+
+    def test_keep_lists_must_match_the_image_list(self):
+        import scipy.io
+
+        with tempfile.TemporaryDirectory() as d:
+            for name in os.listdir(self.gt_dir):
+                shutil.copy(os.path.join(self.gt_dir, name), d)
+            path = os.path.join(d, "wider_hard_val.mat")
+            mat = scipy.io.loadmat(path)
+            gt_list = mat["gt_list"]
+            first = gt_list[0][0]
+            n_faces = len(
+                scipy.io.loadmat(os.path.join(d, "wider_face_val.mat"))["face_bbx_list"][0][0][0][0]
+            )
+            first[0][0] = np.array([[n_faces + 1]], dtype=np.float64)  # index past the faces
+            scipy.io.savemat(path, {"gt_list": gt_list})
+            with self.assertRaisesRegex(WiderFaceFormatError, "wider_hard_val.mat: keep list"):
+                evaluate_widerface({}, d, allow_missing=True)
+            scipy.io.savemat(path, {"gt_list": gt_list[:-1] if len(gt_list) > 1 else gt_list[:0]})
+            with self.assertRaisesRegex(WiderFaceFormatError, "wider_hard_val.mat: .* events"):
+                evaluate_widerface({}, d, allow_missing=True)
 
     def test_evaluator_on_registered_dataset(self):
         name = "qm_test_synth_faces_val"

@@ -1,13 +1,86 @@
-"""Strict checkpoint loading (detectron2/fvcore only warn on mismatches and keep random weights)."""
+"""Trustworthy checkpoints.
 
+* :func:`load_checkpoint_strict`: detectron2/fvcore only warn on mismatched tensors and keep random
+  weights; this fails, naming the file and the keys.
+* :class:`SafeCheckpointer`: the training checkpointer. Every file (``model_*.pth``,
+  ``model_final.pth``, ``last_checkpoint``) is written atomically (temporary file, fsync, rename), a
+  model with non-finite tensors is never written (``FloatingPointError`` instead, so the last
+  checkpoint stays good), ``--resume`` falls back from an unreadable (truncated, empty) or
+  non-finite checkpoint to the newest good one with a warning, and resuming weights of another
+  architecture is an error naming the tensors, raised before any optimizer state is touched.
+"""
+
+import glob
+import logging
 import os
-from typing import Sequence
+from typing import Dict, Iterable, List, Optional, Sequence
 
+import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["load_checkpoint_strict"]
+__all__ = [
+    "load_checkpoint_strict",
+    "describe_incompatible",
+    "non_finite_tensors",
+    "atomic_torch_save",
+    "SafeCheckpointer",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def describe_incompatible(incompatible, optional_prefixes: Sequence[str] = ()) -> List[str]:
+    """Human-readable problems of fvcore's ``_IncompatibleKeys`` ([] when the file fits)."""
+    problems = []
+    if incompatible.incorrect_shapes:
+        problems.append(
+            "shape mismatch: "
+            + ", ".join(
+                f"{k} {tuple(a)} in file vs {tuple(b)} in model"
+                for k, a, b in incompatible.incorrect_shapes
+            )
+        )
+    missing = [k for k in incompatible.missing_keys if not k.startswith(tuple(optional_prefixes))]
+    if missing:
+        problems.append(f"missing in file: {sorted(missing)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"not in the model: {sorted(incompatible.unexpected_keys)}")
+    return problems
+
+
+def non_finite_tensors(state: Dict[str, object]) -> List[str]:
+    """Names of the floating-point tensors of a state dict holding NaN or ±inf."""
+    return [
+        k
+        for k, v in state.items()
+        if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder and a rename: a kill
+    during the write leaves the previous file (or none), never a partial one."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -44,20 +117,116 @@ def load_checkpoint_strict(
         raise RuntimeError(
             f"{what} {path} is not a readable checkpoint ({type(e).__name__}: {e})"
         ) from e
-    incompatible = checkpointer.incompatible
-    problems = []
-    if incompatible.incorrect_shapes:
-        problems.append(
-            "shape mismatch: "
-            + ", ".join(
-                f"{k} {tuple(a)} in file vs {tuple(b)} in model"
-                for k, a, b in incompatible.incorrect_shapes
-            )
-        )
-    missing = [k for k in incompatible.missing_keys if not k.startswith(tuple(optional_prefixes))]
-    if missing:
-        problems.append(f"missing in file: {sorted(missing)}")
-    if incompatible.unexpected_keys:
-        problems.append(f"not in the model: {sorted(incompatible.unexpected_keys)}")
+    problems = describe_incompatible(checkpointer.incompatible, optional_prefixes)
     if problems:
         raise RuntimeError(f"{what} {path} does not match {model_name}: " + "; ".join(problems))
+
+
+class SafeCheckpointer(DetectionCheckpointer):
+    """
+    detectron2's ``DetectionCheckpointer`` for training output dirs, with the guarantees of the
+    module docstring. Loading ``MODEL.WEIGHTS`` for initialisation (no resume) stays lenient, as in
+    detectron2 (ImageNet backbones, a teacher's weights as the start of its quantized finetuning).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._strict_load = False
+        self._preloaded: Dict[str, dict] = {}
+
+    # ---- writing ---------------------------------------------------------------------------
+    def save(self, name: str, **kwargs) -> None:
+        # Every rank checks (DDP replicas are identical), so all of them stop together.
+        bad = non_finite_tensors(self.model.state_dict())
+        if bad:
+            raise FloatingPointError(
+                f"Not saving checkpoint {name!r}: the model has non-finite values in {len(bad)} "
+                f"tensors ({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); training "
+                "diverged. The last good checkpoint is kept; lower the learning rate or clip "
+                "gradients (SOLVER.CLIP_GRADIENTS) and --resume."
+            )
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_torch_save(data, save_file)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        _atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    # ---- resuming --------------------------------------------------------------------------
+    def _resume_candidates(self) -> Iterable[str]:
+        """The tagged checkpoint first, then the folder's other checkpoints, newest first."""
+        tagged = self.get_checkpoint_file()
+        others = sorted(
+            (p for p in glob.glob(os.path.join(self.save_dir, "*.pth")) if p != tagged),
+            key=os.path.getmtime,
+            reverse=True,
+        )
+        return ([tagged] if tagged else []) + others
+
+    def _readable(self, path: str) -> Optional[str]:
+        """None if ``path`` is a finite checkpoint (kept for the load that follows), else why."""
+        if not os.path.isfile(path):
+            return "missing"
+        if os.path.getsize(path) == 0:
+            return "empty (0 bytes)"
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # truncated zip, pickle errors, ...
+            return f"unreadable ({type(e).__name__}: {e})"
+        if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+            return "not a training checkpoint (no 'model' entry)"
+        bad = non_finite_tensors(checkpoint["model"])
+        if bad:
+            return f"non-finite values in {bad[:3]}"
+        self._preloaded[path] = checkpoint
+        return None
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if not (resume and self.has_checkpoint()):
+            return self.load(path, checkpointables=[])
+        tagged = self.get_checkpoint_file()
+        for candidate in self._resume_candidates():
+            why = self._readable(candidate)
+            if why is not None:
+                self.logger.warning(f"Cannot resume from {candidate}: {why}; trying an older one")
+                continue
+            if candidate != tagged:
+                self.logger.warning(
+                    f"Resuming from {candidate} instead of the last checkpoint {tagged or '?'}"
+                )
+            self._strict_load = True
+            try:
+                return self.load(candidate)
+            finally:
+                self._strict_load = False
+                self._preloaded.clear()
+        raise RuntimeError(
+            f"--resume: {self.save_dir} has a last_checkpoint but no readable checkpoint; "
+            "remove the folder (or its last_checkpoint) to start over"
+        )
+
+    def _load_file(self, filename):
+        if filename in self._preloaded:
+            checkpoint = self._preloaded.pop(filename)
+            return checkpoint
+        return super()._load_file(filename)
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if self._strict_load and incompatible is not None:
+            problems = describe_incompatible(incompatible)
+            if problems:
+                raise RuntimeError(
+                    f"--resume: the checkpoint in {self.save_dir} was written by another "
+                    "architecture than this config's: " + "; ".join(problems) + ". Use another "
+                    "OUTPUT_DIR, or train without --resume."
+                )
+        return incompatible

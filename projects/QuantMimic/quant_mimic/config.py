@@ -71,6 +71,9 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Teacher checkpoint, loaded strictly when the model is built for training
     # (Trainer.build_model). "" = random teacher (tests only; a warning is logged).
     _C.MODEL.MIMIC.TEACHER.WEIGHTS = ""
+    # The teacher file's size and SHA-256 are pinned in OUTPUT_DIR/teacher_pin.json when training
+    # starts; --resume with a different file is an error unless this is True (then re-pinned).
+    _C.MODEL.MIMIC.TEACHER.ALLOW_CHANGE = False
     # Student feature maps to mimic; [] = MODEL.ROI_HEADS.IN_FEATURES ("the end of the feature
     # extractor", §3.2).
     _C.MODEL.MIMIC.STUDENT_FEATURES = []

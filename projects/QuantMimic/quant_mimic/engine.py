@@ -7,7 +7,11 @@ import os
 import torch
 
 from detectron2.config import CfgNode, get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import (
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
@@ -15,9 +19,11 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .checkpoint import SafeCheckpointer
 from .config import add_quantmimic_config, validate_quantmimic_config
+from .data import NamedErrorDatasetMapper
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
-from .teacher import resolve_teacher_config_path
+from .teacher import pin_teacher, resolve_teacher_config_path
 
 __all__ = ["setup_cfg", "Trainer"]
 
@@ -76,11 +82,16 @@ def _cpu_aware_ddp():
 
 class Trainer(DefaultTrainer):
     """
-    detectron2's ``DefaultTrainer`` with three changes:
+    detectron2's ``DefaultTrainer`` with these changes:
 
     * the evaluator follows the test dataset's ``evaluator_type`` ("pascal_voc", "coco",
       "widerface");
-    * models with a teacher (``MimicRCNN``) load it, strictly, when built for training;
+    * models with a teacher (``MimicRCNN``) load it, strictly, when built for training, and pin
+      its file (size + SHA-256, :func:`~quant_mimic.teacher.pin_teacher`) when training starts;
+    * checkpoints go through :class:`~quant_mimic.checkpoint.SafeCheckpointer` (atomic writes,
+      no non-finite weights saved, resume falls back from a broken file, another architecture in
+      the output dir is an error);
+    * data loaders name the image file when an image cannot be read;
     * on CPU, DDP is created with ``device_ids=None`` (see :func:`_cpu_aware_ddp`), so
       multi-process gloo runs go through the real trainer path.
     """
@@ -88,6 +99,38 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg: CfgNode):
         with _cpu_aware_ddp():
             super().__init__(cfg)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
+        # hooks (PeriodicCheckpointer) must get the safe one.
+        self.checkpointer = SafeCheckpointer(
+            self.checkpointer.model,
+            self.cfg.OUTPUT_DIR,
+            **self.checkpointer.checkpointables,
+        )
+        return super().build_hooks()
+
+    def resume_or_load(self, resume: bool = True):
+        super().resume_or_load(resume=resume)
+        model = getattr(self.model, "module", self.model)
+        weights = getattr(model, "teacher_weights", "")
+        if weights and comm.is_main_process():
+            pin_teacher(
+                self.cfg.OUTPUT_DIR,
+                weights,
+                resume=resume,
+                allow_change=self.cfg.MODEL.MIMIC.TEACHER.ALLOW_CHANGE,
+            )
+
+    @classmethod
+    def build_train_loader(cls, cfg: CfgNode):
+        return build_detection_train_loader(cfg, mapper=NamedErrorDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=NamedErrorDatasetMapper(cfg, False)
+        )
 
     @classmethod
     def build_model(cls, cfg: CfgNode, load_teacher: bool = True) -> torch.nn.Module:

@@ -7,8 +7,12 @@
 * :func:`mimic_quantizer_args`: Q of the mimic loss (eq. 6), read from the quantized teacher.
 * :func:`load_teacher_strict`: load its checkpoint and fail on any missing, unexpected or mis-shaped
   tensor (detectron2/fvcore only warn and go on with random weights).
+* :func:`pin_teacher`: record the teacher checkpoint's size and hash; a different one on resume is
+  an error.
 """
 
+import hashlib
+import json
 import logging
 import os
 from typing import Dict, Optional, Sequence
@@ -28,6 +32,8 @@ __all__ = [
     "build_teacher_cfg",
     "mimic_quantizer_args",
     "load_teacher_strict",
+    "teacher_fingerprint",
+    "pin_teacher",
 ]
 
 logger = logging.getLogger(__name__)
@@ -132,3 +138,61 @@ def load_teacher_strict(teacher: nn.Module, path: str) -> None:
         model_name="MODEL.MIMIC.TEACHER.CONFIG_FILE",
     )
     logger.info(f"Loaded teacher weights from {path}")
+
+
+TEACHER_PIN_FILE = "teacher_pin.json"
+
+
+def teacher_fingerprint(path: str) -> Dict:
+    """``{"path", "size", "sha256"}`` of a teacher checkpoint file (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "path": os.path.abspath(path),
+        "size": os.path.getsize(path),
+        "sha256": digest.hexdigest(),
+    }
+
+
+def pin_teacher(output_dir: str, weights: str, resume: bool, allow_change: bool = False) -> Dict:
+    """
+    Pin the teacher of a training run: record its checkpoint's size and SHA-256 in
+    ``<output_dir>/teacher_pin.json`` (and the log) when training starts; on ``--resume``, a teacher
+    file whose size or hash differs from the recorded one is an error (the student would continue
+    against another target), unless ``allow_change`` (``MODEL.MIMIC.TEACHER.ALLOW_CHANGE``), which
+    re-pins with a warning.
+
+    Returns:
+        dict: the current fingerprint (see :func:`teacher_fingerprint`).
+    """
+    current = teacher_fingerprint(weights)
+    pin_file = os.path.join(output_dir, TEACHER_PIN_FILE)
+    if resume and os.path.isfile(pin_file):
+        with open(pin_file) as f:
+            pinned = json.load(f)
+        if (pinned["size"], pinned["sha256"]) != (current["size"], current["sha256"]):
+            message = (
+                f"The teacher checkpoint changed since this run started: {pin_file} records "
+                f"{pinned['path']} ({pinned['size']} bytes, sha256 {pinned['sha256'][:12]}…), "
+                f"MODEL.MIMIC.TEACHER.WEIGHTS is {current['path']} ({current['size']} bytes, "
+                f"sha256 {current['sha256'][:12]}…)"
+            )
+            if not allow_change:
+                raise RuntimeError(
+                    message + ". Resume with the same teacher, or set "
+                    "MODEL.MIMIC.TEACHER.ALLOW_CHANGE True to continue against the new one."
+                )
+            logger.warning(message + "; continuing (MODEL.MIMIC.TEACHER.ALLOW_CHANGE True)")
+        elif pinned["path"] != current["path"]:
+            logger.info(f"Teacher moved to {current['path']} (same size and sha256)")
+    os.makedirs(output_dir, exist_ok=True)
+    tmp = pin_file + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(current, f, indent=2)
+    os.replace(tmp, pin_file)
+    logger.info(
+        f"Teacher pinned: {current['path']} ({current['size']} bytes, sha256 {current['sha256']})"
+    )
+    return current

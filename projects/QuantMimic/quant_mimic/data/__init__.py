@@ -1,4 +1,5 @@
 from .builtin import register_all_quantmimic_datasets
+from .mapper import ImageReadError, NamedErrorDatasetMapper
 from .voc import SYNTH_VOC_CLASSES, load_voc_instances, register_voc
 from .widerface import load_widerface_instances, parse_wider_bbx_gt, register_widerface
 
@@ -6,6 +7,8 @@ register_all_quantmimic_datasets()
 
 __all__ = [
     "register_all_quantmimic_datasets",
+    "ImageReadError",
+    "NamedErrorDatasetMapper",
     "SYNTH_VOC_CLASSES",
     "load_voc_instances",
     "register_voc",

@@ -1,9 +1,10 @@
 """Pascal VOC loading and registration (detectron2's format, one robustness fix)."""
 
 import logging
+import math
 import os
 import xml.etree.ElementTree as ET
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
@@ -28,45 +29,130 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
     """
     Load VOC annotations as detectron2's ``load_voc_instances`` does (difficult objects kept for
     training, 1-based pixel coordinates shifted by -1 for xmin/ymin), plus a ``difficult`` flag on
-    each annotation.
+    each annotation. Boxes reaching outside the image (``size``) are clipped to it; inverted boxes
+    (xmax < xmin or ymax < ymin) and boxes with nothing inside the image are left out; both are
+    counted in one warning. Classes with no object in the split are named in a warning.
 
     Returns:
         list[dict]: detectron2 dataset dicts.
+
+    Raises:
+        ValueError: naming the xml file, for malformed xml, a missing or non-numeric field, an
+            unknown class; naming the split, when every object is left out.
     """
     dicts = []
+    counts = dict(objects=0, clipped=0, inverted=0, outside=0)
+    per_class = {c: 0 for c in class_names}
     for fileid in read_split_ids(dirname, split):
         anno_file = os.path.join(dirname, "Annotations", fileid + ".xml")
-        with PathManager.open(anno_file) as f:
-            tree = ET.parse(f)
+        try:
+            with PathManager.open(anno_file) as f:
+                tree = ET.parse(f)
+        except ET.ParseError as e:
+            raise ValueError(f"{anno_file}: malformed xml ({e})") from None
         record = {
             "file_name": os.path.join(dirname, "JPEGImages", fileid + ".jpg"),
             "image_id": fileid,
-            "height": int(tree.findall("./size/height")[0].text),
-            "width": int(tree.findall("./size/width")[0].text),
+            "height": _int_field(tree, "./size/height", anno_file),
+            "width": _int_field(tree, "./size/width", anno_file),
         }
         annos = []
-        for obj in tree.findall("object"):
-            name = obj.find("name").text
+        for i, obj in enumerate(tree.findall("object")):
+            counts["objects"] += 1
+            name = _text(obj, "name", anno_file, i)
             if name not in class_names:
                 raise ValueError(
                     f"{anno_file}: unknown class {name!r}; expected one of {list(class_names)}"
                 )
-            box = obj.find("bndbox")
-            xyxy = [float(box.find(k).text) for k in ("xmin", "ymin", "xmax", "ymax")]
+            xyxy = [
+                _float(obj, f"bndbox/{k}", anno_file, i) for k in ("xmin", "ymin", "xmax", "ymax")
+            ]
             xyxy[0] -= 1.0
             xyxy[1] -= 1.0
-            difficult = obj.find("difficult")
+            xyxy = _clip_xyxy(xyxy, record["width"], record["height"], counts)
+            if xyxy is None:
+                continue
+            difficult = _difficult(obj, anno_file, i)
+            per_class[name] += 1
             annos.append(
                 {
                     "category_id": list(class_names).index(name),
                     "bbox": xyxy,
                     "bbox_mode": BoxMode.XYXY_ABS,
-                    "difficult": int(difficult.text) if difficult is not None else 0,
+                    "difficult": difficult,
                 }
             )
         record["annotations"] = annos
         dicts.append(record)
+    where = f"{dirname} split {split!r}"
+    if counts["clipped"] or counts["inverted"] or counts["outside"]:
+        logger.warning(
+            f"VOC {where}: {counts['clipped']} boxes clipped to their image, "
+            f"{counts['inverted']} inverted boxes and {counts['outside']} boxes outside their "
+            "image left out"
+        )
+    if counts["objects"] and not any(per_class.values()):
+        raise ValueError(f"VOC {where}: all {counts['objects']} objects were left out")
+    empty = [c for c, n in per_class.items() if n == 0]
+    if empty and dicts:
+        logger.warning(f"VOC {where}: no object of class(es) {empty}; their AP is undefined")
     return dicts
+
+
+def _text(node, path: str, anno_file: str, index: int) -> str:
+    found = node.find(path)
+    if found is None or found.text is None or not found.text.strip():
+        raise ValueError(f"{anno_file}: object {index} has no <{path}>")
+    return found.text.strip()
+
+
+def _float(node, path: str, anno_file: str, index: int) -> float:
+    text = _text(node, path, anno_file, index)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(
+            f"{anno_file}: object {index}: <{path}> is not a number: {text!r}"
+        ) from None
+    if not math.isfinite(value):
+        raise ValueError(f"{anno_file}: object {index}: <{path}> is not finite: {text!r}")
+    return value
+
+
+def _difficult(obj, anno_file: str, index: int) -> int:
+    """The ``<difficult>`` flag: 0 when absent, else 0 or 1."""
+    if obj.find("difficult") is None:
+        return 0
+    text = _text(obj, "difficult", anno_file, index)
+    if text not in ("0", "1"):
+        raise ValueError(f"{anno_file}: object {index}: <difficult> must be 0 or 1, got {text!r}")
+    return int(text)
+
+
+def _int_field(tree, path: str, anno_file: str) -> int:
+    found = tree.find(path)
+    try:
+        value = int(found.text)
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"{anno_file}: missing or non-integer {path[2:]}") from None
+    if value <= 0:
+        raise ValueError(f"{anno_file}: {path[2:]} must be positive, got {value}")
+    return value
+
+
+def _clip_xyxy(xyxy, width: int, height: int, counts) -> Optional[List[float]]:
+    x0, y0, x1, y1 = xyxy
+    if x1 < x0 or y1 < y0:
+        counts["inverted"] += 1
+        return None
+    c = [min(max(x0, 0.0), width), min(max(y0, 0.0), height)]
+    c += [min(max(x1, 0.0), width), min(max(y1, 0.0), height)]
+    if c[2] <= c[0] or c[3] <= c[1]:
+        counts["outside"] += 1
+        return None
+    if c != [x0, y0, x1, y1]:
+        counts["clipped"] += 1
+    return c
 
 
 def register_voc(

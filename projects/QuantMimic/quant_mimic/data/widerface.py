@@ -73,7 +73,7 @@ def parse_wider_bbx_gt(path: str) -> List[Tuple[str, List[List[int]]]]:
             fields = lines[j].split()
             try:
                 values = [int(float(v)) for v in fields]
-            except ValueError:
+            except (ValueError, OverflowError):  # "x", "nan", "1e400"
                 raise ValueError(f"{path}:{j + 1}: non-numeric face row {lines[j]!r}") from None
             if len(values) != 10:
                 raise ValueError(f"{path}:{j + 1}: expected 10 values per face, got {len(values)}")
@@ -105,7 +105,13 @@ def load_widerface_instances(
         list[dict]: one per image, with "file_name", "image_id" (``<event>/<stem>``), "event",
         "height", "width" and "annotations" (category 0, XYWH_ABS boxes, the six attributes).
         Faces marked invalid and degenerate boxes (w or h ≤ 0) are left out (counts are logged);
-        images left without faces stay (DATALOADER.FILTER_EMPTY_ANNOTATIONS drops them in training).
+        with ``with_size``, boxes reaching outside their image are clipped to it and boxes with
+        nothing inside it are left out (counted, with a warning). Images left without faces stay
+        (DATALOADER.FILTER_EMPTY_ANNOTATIONS drops them in training).
+
+    Raises:
+        ValueError: an image that cannot be opened (naming it), or a split whose faces are all
+            left out (nothing to train or evaluate on).
     """
     if bbx_gt_file is None:
         entries = []
@@ -114,7 +120,8 @@ def load_widerface_instances(
                 entries.append((f"{event}/{img}", None))
     else:
         entries = parse_wider_bbx_gt(bbx_gt_file)
-    dicts, num_invalid, num_degenerate = [], 0, 0
+    dicts = []
+    counts = dict(rows=0, invalid=0, degenerate=0, clipped=0, outside=0)
     for rel, rows in entries:
         path = os.path.join(image_root, rel)
         record = {
@@ -123,29 +130,63 @@ def load_widerface_instances(
             "event": os.path.dirname(rel),
         }
         if with_size:
-            with Image.open(path) as im:
-                record["width"], record["height"] = im.size
+            try:
+                with Image.open(path) as im:
+                    record["width"], record["height"] = im.size
+            except OSError as e:  # missing, not an image, unreadable header
+                raise ValueError(f"Cannot open WIDER FACE image {path}: {e}") from e
         if rows is not None:
             annos = []
             for row in rows:
-                x, y, w, h = row[:4]
+                counts["rows"] += 1
                 attrs = dict(zip(WIDER_ATTRIBUTES, row[4:]))
                 if attrs["invalid"]:
-                    num_invalid += 1
+                    counts["invalid"] += 1
                     continue
-                if w <= 0 or h <= 0:
-                    num_degenerate += 1
-                    continue
-                annos.append(
-                    {"bbox": [x, y, w, h], "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, **attrs}
-                )
+                box = _clip_xywh(row[:4], record.get("width"), record.get("height"), counts)
+                if box is not None:
+                    annos.append(
+                        {"bbox": box, "bbox_mode": BoxMode.XYWH_ABS, "category_id": 0, **attrs}
+                    )
             record["annotations"] = annos
         dicts.append(record)
+    name = split_name or image_root
+    kept = sum(len(d.get("annotations", ())) for d in dicts)
     logger.info(
-        f"Loaded {len(dicts)} images of WIDER FACE {split_name or image_root}; left out "
-        f"{num_invalid} invalid faces and {num_degenerate} degenerate boxes (w or h <= 0)"
+        f"Loaded {len(dicts)} images of WIDER FACE {name} with {kept} faces; left out "
+        f"{counts['invalid']} invalid faces and {counts['degenerate']} degenerate boxes "
+        "(w or h <= 0)"
     )
+    if counts["clipped"] or counts["outside"]:
+        logger.warning(
+            f"WIDER FACE {name}: {counts['clipped']} boxes reach outside their image and were "
+            f"clipped to it; {counts['outside']} boxes lie entirely outside and were left out"
+        )
+    if counts["rows"] and not kept:
+        raise ValueError(
+            f"WIDER FACE {name} ({bbx_gt_file}): all {counts['rows']} face rows were left out "
+            f"({counts['invalid']} invalid, {counts['degenerate']} degenerate, {counts['outside']} "
+            "outside their image): nothing to train or evaluate on"
+        )
     return dicts
+
+
+def _clip_xywh(xywh, width: Optional[int], height: Optional[int], counts: Dict[str, int]):
+    """The box clipped to the image (``None`` when degenerate or outside; ``counts`` updated)."""
+    x, y, w, h = xywh
+    if w <= 0 or h <= 0:
+        counts["degenerate"] += 1
+        return None
+    if width is None or height is None:
+        return [x, y, w, h]
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, width), min(y + h, height)
+    if x1 <= x0 or y1 <= y0:
+        counts["outside"] += 1
+        return None
+    if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+        counts["clipped"] += 1
+    return [x0, y0, x1 - x0, y1 - y0]
 
 
 def register_widerface(name: str, root: str, split: str, gt_dir: Optional[str] = None) -> None:

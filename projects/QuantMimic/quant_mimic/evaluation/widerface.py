@@ -7,7 +7,14 @@ recall over the kept faces; precision/recall at 1000 score thresholds; all-point
 
 Standalone, on a folder of official-layout predictions (``<event>/<image>.txt``):
 
-    python -m quant_mimic.evaluation.widerface --pred DIR --gt eval_tools/ground_truth
+    python -m quant_mimic.evaluation.widerface --pred DIR --gt eval_tools/ground_truth \
+        [--allow-missing]
+
+What is read is checked, so that no input yields a wrong AP silently: malformed prediction files
+(count line vs rows, non-numeric or non-finite values) are errors naming ``file:line``; a prediction
+for an image outside the ground truth is an error (it would enter the score normalisation); ground-
+truth images without predictions are an error giving their count unless ``--allow-missing``; the
+keep lists must match the image list.
 """
 
 import argparse
@@ -27,6 +34,7 @@ from detectron2.utils import comm
 
 __all__ = [
     "SUBSETS",
+    "WiderFaceFormatError",
     "load_widerface_gt",
     "write_widerface_predictions",
     "read_widerface_predictions",
@@ -40,33 +48,60 @@ SUBSETS = ("easy", "medium", "hard")
 Predictions = Dict[str, Dict[str, np.ndarray]]  # event -> image stem -> (K, 5) x y w h score
 
 
+class WiderFaceFormatError(ValueError):
+    """Predictions or ground truth that the WIDER FACE protocol cannot score as they are."""
+
+
 def _cell_str(x) -> str:
     return str(np.asarray(x).reshape(-1)[0])
 
 
 def load_widerface_gt(gt_dir: str):
     """
-    Read ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``.
+    Read ``wider_face_val.mat`` and ``wider_{easy,medium,hard}_val.mat``; the keep lists must
+    match the image list (same events, same number of images per event, indices within each
+    image's faces).
 
     Returns:
         list[(event, stem, boxes (K, 4) x y w h, {subset: keep indices (0-based)})]
+
+    Raises:
+        WiderFaceFormatError: naming the .mat file that disagrees.
     """
-    face = scipy.io.loadmat(os.path.join(gt_dir, "wider_face_val.mat"))
-    keeps = {
-        s: scipy.io.loadmat(os.path.join(gt_dir, f"wider_{s}_val.mat"))["gt_list"] for s in SUBSETS
-    }
+    face_file = os.path.join(gt_dir, "wider_face_val.mat")
+    face = scipy.io.loadmat(face_file)
+    keeps = {}
+    for s in SUBSETS:
+        path = os.path.join(gt_dir, f"wider_{s}_val.mat")
+        keeps[s] = (path, scipy.io.loadmat(path)["gt_list"])
+        if len(keeps[s][1]) != len(face["event_list"]):
+            raise WiderFaceFormatError(
+                f"{path}: {len(keeps[s][1])} events in gt_list, {face_file} has "
+                f"{len(face['event_list'])}"
+            )
     out = []
     for i in range(len(face["event_list"])):
         event = _cell_str(face["event_list"][i][0])
         files = face["file_list"][i][0]
         boxes = face["face_bbx_list"][i][0]
+        for s, (path, gt_list) in keeps.items():
+            if len(gt_list[i][0]) != len(files):
+                raise WiderFaceFormatError(
+                    f"{path}: event {event!r} has {len(gt_list[i][0])} keep lists for "
+                    f"{len(files)} images in {face_file}"
+                )
         for j in range(len(files)):
             stem = _cell_str(files[j][0])
             b = np.asarray(boxes[j][0], dtype=np.float64).reshape(-1, 4)
-            keep = {
-                s: np.asarray(keeps[s][i][0][j][0]).reshape(-1).astype(np.int64) - 1
-                for s in SUBSETS
-            }
+            keep = {}
+            for s, (path, gt_list) in keeps.items():
+                k = np.asarray(gt_list[i][0][j][0]).reshape(-1).astype(np.int64) - 1
+                if len(k) and (k.min() < 0 or k.max() >= len(b)):
+                    raise WiderFaceFormatError(
+                        f"{path}: keep list of {event}/{stem} has indices outside 1..{len(b)}: "
+                        f"{sorted(set((k + 1).tolist()))}"
+                    )
+                keep[s] = k
             out.append((event, stem, b, keep))
     return out
 
@@ -85,23 +120,66 @@ def write_widerface_predictions(preds: Predictions, out_dir: str) -> None:
 
 
 def read_widerface_predictions(pred_dir: str) -> Predictions:
-    """Read a folder written by :func:`write_widerface_predictions` or for the official tool."""
+    """
+    Read a folder written by :func:`write_widerface_predictions` or for the official tool.
+
+    Raises:
+        FileNotFoundError: the folder does not exist.
+        WiderFaceFormatError: no prediction file in it, or a malformed file, naming ``file:line``
+            (missing or non-integer count, a count that disagrees with the rows, a row that is not
+            ``x y w h score`` numbers, a non-finite value, a negative width or height).
+    """
+    if not os.path.isdir(pred_dir):
+        raise FileNotFoundError(f"WIDER FACE prediction folder not found: {pred_dir}")
     preds: Predictions = defaultdict(dict)
     for event in sorted(os.listdir(pred_dir)):
         event_dir = os.path.join(pred_dir, event)
         if not os.path.isdir(event_dir):
             continue
         for name in sorted(os.listdir(event_dir)):
-            if not name.endswith(".txt"):
-                continue
-            with open(os.path.join(event_dir, name)) as f:
-                lines = [line.strip() for line in f if line.strip()]
-            count = int(lines[1]) if len(lines) > 1 else 0
-            rows = [[float(v) for v in line.split()[:5]] for line in lines[2 : 2 + count]]
-            preds[event][os.path.splitext(name)[0]] = np.asarray(rows, dtype=np.float64).reshape(
-                -1, 5
-            )
+            if name.endswith(".txt"):
+                path = os.path.join(event_dir, name)
+                preds[event][os.path.splitext(name)[0]] = _read_prediction_file(path)
+    if not preds:
+        raise WiderFaceFormatError(
+            f"{pred_dir}: no predictions (expected <event>/<image>.txt files)"
+        )
     return dict(preds)
+
+
+def _read_prediction_file(path: str) -> np.ndarray:
+    """(K, 5) ``x y w h score`` rows of one prediction file (format checked, see the caller)."""
+    with open(path) as f:
+        numbered = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+    if len(numbered) < 2:
+        raise WiderFaceFormatError(f"{path}: expected an image name line and a count line")
+    n, text = numbered[1]
+    try:
+        count = int(text)
+    except ValueError:
+        raise WiderFaceFormatError(
+            f"{path}:{n}: expected a detection count, got {text!r}"
+        ) from None
+    rows = numbered[2:]
+    if count < 0 or count != len(rows):
+        raise WiderFaceFormatError(
+            f"{path}:{n}: the count line says {count} detections, the file has {len(rows)} rows"
+        )
+    out = np.zeros((count, 5), dtype=np.float64)
+    for k, (n, text) in enumerate(rows):
+        fields = text.split()
+        try:
+            values = [float(v) for v in fields[:5]]
+        except ValueError:
+            raise WiderFaceFormatError(f"{path}:{n}: non-numeric detection {text!r}") from None
+        if len(values) < 5:
+            raise WiderFaceFormatError(f"{path}:{n}: expected 'x y w h score', got {text!r}")
+        if not all(np.isfinite(values)):
+            raise WiderFaceFormatError(f"{path}:{n}: non-finite value in {text!r}")
+        if values[2] < 0 or values[3] < 0:
+            raise WiderFaceFormatError(f"{path}:{n}: negative width or height in {text!r}")
+        out[k] = values
+    return out
 
 
 def _overlaps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,17 +224,66 @@ def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
 
 
+def _check_predictions(preds: Predictions, gts, gt_dir: str, allow_missing: bool) -> None:
+    """The scoring contract: finite ``x y w h score`` rows, only images of the ground truth, and
+    (unless ``allow_missing``) every image of it."""
+    known = {(event, stem) for event, stem, _, _ in gts}
+    extra, bad = [], []
+    for event, images in preds.items():
+        for stem, dets in images.items():
+            d = np.asarray(dets)
+            if d.ndim != 2 or (d.size and d.shape[1] < 5):
+                bad.append(f"{event}/{stem}: shape {d.shape}, expected (K, 5)")
+            elif not np.isfinite(d[:, :5]).all():
+                bad.append(f"{event}/{stem}: non-finite value")
+            if (event, stem) not in known:
+                extra.append(f"{event}/{stem}")
+    if bad:
+        raise WiderFaceFormatError(
+            f"{len(bad)} prediction(s) cannot be scored: " + "; ".join(bad[:5])
+        )
+    if extra:
+        raise WiderFaceFormatError(
+            f"{len(extra)} predicted image(s) are not in the ground truth {gt_dir} (wrong split or "
+            f"names?): {extra[:5]}" + (" ..." if len(extra) > 5 else "")
+        )
+    missing = [f"{e}/{s}" for e, s in sorted(known) if s not in preds.get(e, {})]
+    if missing:
+        events = {m.split("/")[0] for m in missing}
+        message = (
+            f"{len(missing)} of {len(known)} ground-truth images ({len(events)} events) have no "
+            f"prediction, e.g. {missing[:3]}"
+        )
+        if not allow_missing:
+            raise WiderFaceFormatError(
+                message + "; they would count as images without detections. Pass "
+                "allow_missing=True (--allow-missing) to score them so."
+            )
+        logger.warning(message + ": scored as images without detections (allow_missing)")
+
+
 def evaluate_widerface(
-    preds: Predictions, gt_dir: str, iou_thresh: float = 0.5, thresh_num: int = 1000
+    preds: Predictions,
+    gt_dir: str,
+    iou_thresh: float = 0.5,
+    thresh_num: int = 1000,
+    allow_missing: bool = False,
 ) -> Dict[str, float]:
     """
     AP (in [0, 1]) on the easy, medium and hard subsets by the official protocol (module doc).
 
     Args:
-        preds: event -> image stem -> (K, 5) detections ``x y w h score``. A missing image counts
-            as no detections.
+        preds: event -> image stem -> (K, 5) detections ``x y w h score``.
+        allow_missing: score a ground-truth image without predictions as an image without
+            detections (with a warning giving the count) instead of failing.
+
+    Raises:
+        WiderFaceFormatError: non-finite or malformed detections (naming the image), predictions
+            for images outside the ground truth (they would enter the min-max score
+            normalisation), missing images unless ``allow_missing``.
     """
     gts = load_widerface_gt(gt_dir)
+    _check_predictions(preds, gts, gt_dir, allow_missing)
     preds = copy.deepcopy(preds)
     all_scores = [d[:, 4] for images in preds.values() for d in images.values() if len(d)]
     if all_scores:
@@ -200,8 +327,15 @@ class WiderFaceEvaluator(DatasetEvaluator):
     dataset's ``gt_dir`` .mat files.
     """
 
-    def __init__(self, dataset_name: str, output_dir: str = None, distributed: bool = True):
+    def __init__(
+        self,
+        dataset_name: str,
+        output_dir: str = None,
+        distributed: bool = True,
+        allow_missing: bool = False,
+    ):
         self._dataset_name = dataset_name
+        self._allow_missing = allow_missing
         self._output_dir = output_dir
         self._distributed = distributed
         self._gt_dir = MetadataCatalog.get(dataset_name).gt_dir
@@ -216,6 +350,11 @@ class WiderFaceEvaluator(DatasetEvaluator):
             boxes = inst.pred_boxes.tensor.numpy().astype(np.float64)
             xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
             dets = np.concatenate([xywh, inst.scores.numpy()[:, None]], axis=1).reshape(-1, 5)
+            if not np.isfinite(dets).all():
+                raise WiderFaceFormatError(
+                    f"{self._dataset_name}: non-finite box or score predicted for image "
+                    f"{inp.get('file_name', inp['image_id'])}"
+                )
             self._predictions.append((inp["image_id"], dets))
 
     def evaluate(self):
@@ -233,7 +372,7 @@ class WiderFaceEvaluator(DatasetEvaluator):
             out = os.path.join(self._output_dir, "predictions")
             write_widerface_predictions(preds, out)
             logger.info(f"WIDER FACE predictions written to {out} (official layout)")
-        aps = evaluate_widerface(dict(preds), self._gt_dir)
+        aps = evaluate_widerface(dict(preds), self._gt_dir, allow_missing=self._allow_missing)
         logger.info(
             f"WIDER FACE {self._dataset_name} (official protocol, IoU 0.5): "
             + ", ".join(f"{s} {100 * aps[s]:.2f}" for s in SUBSETS)
@@ -248,8 +387,16 @@ def main(argv=None) -> Dict[str, float]:
         "--gt", required=True, help="folder with wider_face_val.mat and wider_*_val.mat"
     )
     parser.add_argument("--iou", type=float, default=0.5)
+    parser.add_argument(
+        "--allow-missing",
+        action="store_true",
+        help="score ground-truth images without a prediction file as images without detections "
+        "(default: an error giving their count)",
+    )
     args = parser.parse_args(argv)
-    aps = evaluate_widerface(read_widerface_predictions(args.pred), args.gt, args.iou)
+    aps = evaluate_widerface(
+        read_widerface_predictions(args.pred), args.gt, args.iou, allow_missing=args.allow_missing
+    )
     print("==================== Results ====================")
     for s in SUBSETS:
         print(f"{s.capitalize():6s} Val AP: {aps[s]:.4f}")
