@@ -83,6 +83,29 @@ class TestPSPooling(unittest.TestCase):
             self.assertEqual(tuple(got.shape), (10, d))
             self.assertTrue(torch.allclose(got, ref, atol=1e-9), kind)
 
+    def test_exportable_form_equals_torchvision_ps_roi_align(self):
+        # values and gradients, adaptive and fixed sampling, boxes crossing the border, tiny and
+        # empty RoI sets
+        from torchvision.ops import ps_roi_align
+
+        g = torch.Generator().manual_seed(1)
+        for k, d, sr in ((3, 2, 0), (3, 4, 2), (2, 5, 0), (7, 1, 1)):
+            maps = torch.randn(2, d * k * k, 12, 15, generator=g, dtype=torch.float64)
+            boxes = []
+            for n in (6, 0):
+                xy = -10 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 100
+                wh = 0.5 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 80
+                boxes.append(torch.cat([xy, xy + wh], dim=1))
+            a = maps.clone().requires_grad_()
+            b = maps.clone().requires_grad_()
+            got = ps_roi_pool_vote(a, boxes, k, 1 / 8.0, "PSROIAlign", sampling_ratio=sr)
+            ref = ps_roi_align(b, boxes, k, 1 / 8.0, sr if sr > 0 else -1).mean(dim=(2, 3))
+            torch.testing.assert_close(got, ref, atol=1e-10, rtol=0)
+            w = torch.randn(got.shape, generator=g, dtype=torch.float64)
+            (got * w).sum().backward()
+            (ref * w).sum().backward()
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-10, rtol=0)
+
     def test_layout_picks_position_sensitive_channel(self):
         # One map per (class, bin) set to a constant: the vote is the mean of the constants of the
         # class's own k² channels.

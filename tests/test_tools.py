@@ -23,10 +23,9 @@ class TestTools(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             src, dst = os.path.join(d, "m.pth"), os.path.join(d, "s.pth")
             torch.save({"model": mimic.state_dict(), "iteration": 3}, src)
-            subprocess.run(
-                [sys.executable, os.path.join(REPO_ROOT, "tools", "export_student.py"), src, dst],
-                check=True,
-            )
+            tool = os.path.join(REPO_ROOT, "tools", "export_student.py")
+            cmd = [sys.executable, tool, "--format", "pth", "--output", dst, "MODEL.WEIGHTS", src]
+            subprocess.run(cmd, check=True)
             exported = torch.load(dst, weights_only=True)["model"]
         student = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_scratch.yaml"))
         student.load_state_dict(exported, strict=True)
@@ -39,13 +38,15 @@ class TestTools(unittest.TestCase):
             before = open(src, "rb").read()
             tool = os.path.join(REPO_ROOT, "tools", "export_student.py")
             for dst in (src, os.path.join(d, ".", "m.pth")):
-                proc = subprocess.run([sys.executable, tool, src, dst], capture_output=True)
+                cmd = [sys.executable, tool, "--output", dst, "MODEL.WEIGHTS", src]
+                proc = subprocess.run(cmd, capture_output=True)
                 self.assertNotEqual(proc.returncode, 0)
                 self.assertIn(b"refusing to overwrite", proc.stderr)
             self.assertEqual(open(src, "rb").read(), before)
             bad = os.path.join(d, "bad.pth")
             open(bad, "w").write("not a checkpoint")
-            proc = subprocess.run([sys.executable, tool, bad, src + "2"], capture_output=True)
+            cmd = [sys.executable, tool, "--output", src + "2", "MODEL.WEIGHTS", bad]
+            proc = subprocess.run(cmd, capture_output=True)
             self.assertNotEqual(proc.returncode, 0)
             self.assertIn(b"not a readable torch checkpoint", proc.stderr)
             self.assertFalse(os.path.exists(src + "2"))

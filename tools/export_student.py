@@ -1,23 +1,36 @@
 #!/usr/bin/env python
-"""Write a deployable checkpoint: the model weights only, without MimicRCNN's adapters r.
+"""Export the trained student for deployment: a plain checkpoint, TorchScript or ONNX.
 
-    python tools/export_student.py output/voc/R18-1-16_C4_quant_mimic/model_final.pth student.pth
+    python tools/export_student.py --config-file CFG --format pth|torchscript|onnx --output FILE \\
+        [--check] [--no-fold-bn] MODEL.WEIGHTS model_final.pth [KEY VALUE ...]
 
-The result loads with no missing or unexpected key into the plain student config (GeneralizedRCNN),
-e.g. ``train_net.py --config-file configs/PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml
---eval-only MODEL.WEIGHTS student.pth``. Also drops optimizer/scheduler state (smaller files).
+* ``pth``: the checkpoint's model tensors without MimicRCNN's adapters r and without optimizer /
+  scheduler state. It loads with no missing or unexpected key into the plain student config, e.g.
+  ``train_net.py --config-file configs/WIDERFace/rfcn_VGG-1-32_scratch.yaml --eval-only
+  MODEL.WEIGHTS student.pth``. ``--config-file`` may be omitted for this format.
+* ``torchscript`` / ``onnx``: the student's whole single-image inference
+  (:class:`quant_mimic.export.StudentInference`; contract in its module docstring and README
+  "Deploy"), BN folded into the convolutions unless ``--no-fold-bn``. CFG may be the student's
+  config or the MimicRCNN config it was trained with (its inference is the student's).
+* ``--check``: run the exported file (TorchScript in torch, ONNX in onnxruntime) and the PyTorch
+  model on two synthetic images of different sizes and compare detections (same count and class,
+  |Δbox| ≤ 0.05 px, |Δscore| ≤ 1e-3); exit status 1 if they disagree.
+
+The output is written atomically and never over the input checkpoint.
 """
 
 import argparse
+import json
 import os
 import sys
 from typing import Dict
 
 import torch
 
-__all__ = ["student_state_dict"]
+__all__ = ["student_state_dict", "main"]
 
 ADAPTER_PREFIX = "mimic_adapters."
+FORMATS = ("pth", "torchscript", "onnx")
 
 
 def student_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
@@ -32,25 +45,93 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
+def _weights_from_opts(opts) -> str:
+    for key, value in zip(opts[::2], opts[1::2]):
+        if key == "MODEL.WEIGHTS":
+            return value
+    return ""
+
+
+def _export_pth(parser, weights: str, output: str) -> int:
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a file that is not a checkpoint
+        parser.error(f"{weights} is not a readable torch checkpoint ({type(e).__name__}: {e})")
+    from quant_mimic.checkpoint import atomic_torch_save
+
+    model = student_state_dict(ckpt)
+    atomic_torch_save({"model": model}, output)
+    dropped = len(ckpt.get("model", ckpt)) - len(model)
+    print(f"Wrote {len(model)} tensors to {output} (dropped {dropped} adapter tensors)")
+    return 0
+
+
+def example_images(cfg, sizes=((480, 640), (352, 544)), seed: int = 0):
+    """Synthetic test images in the model's channel count (a face-like blob on noise)."""
+    g = torch.Generator().manual_seed(seed)
+    channels = len(cfg.MODEL.PIXEL_MEAN)
+    images = []
+    for h, w in sizes:
+        image = torch.rand(channels, h, w, generator=g) * 80 + 60
+        image[:, h // 4 : h // 2, w // 3 : w // 2] += 100
+        images.append(image)
+    return images
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input")
-    parser.add_argument("output")
+    parser.add_argument("--config-file", default="", help="the student's (or MimicRCNN) config")
+    parser.add_argument("--format", choices=FORMATS, default="pth")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--check", action="store_true", help="parity check after export")
+    parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.input):
-        parser.error(f"input checkpoint not found: {args.input}")
-    if _same_file(args.input, args.output):
+    weights = _weights_from_opts(args.opts)
+    if not weights:
+        parser.error("MODEL.WEIGHTS <checkpoint> is required")
+    if not os.path.isfile(weights):
+        parser.error(f"input checkpoint not found: {weights}")
+    if _same_file(weights, args.output):
         parser.error(f"output {args.output} is the input checkpoint: refusing to overwrite it")
-    try:
-        ckpt = torch.load(args.input, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        parser.error(f"{args.input} is not a readable torch checkpoint ({type(e).__name__}: {e})")
-    model = student_state_dict(ckpt)
-    tmp = args.output + ".tmp"
-    torch.save({"model": model}, tmp)
-    os.replace(tmp, args.output)  # atomic: a kill never leaves a truncated output
-    dropped = len(ckpt.get("model", ckpt)) - len(model)
-    print(f"Wrote {len(model)} tensors to {args.output} (dropped {dropped} adapter tensors)")
+    if args.format == "pth":
+        return _export_pth(parser, weights, args.output)
+    if not args.config_file:
+        parser.error(f"--format {args.format} needs --config-file")
+
+    from detectron2.modeling import build_model
+
+    from quant_mimic import setup_cfg
+    from quant_mimic.checkpoint import load_checkpoint_strict
+    from quant_mimic.export import (
+        StudentInference,
+        export_onnx,
+        export_torchscript,
+        parity_report,
+    )
+
+    cfg = setup_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg).eval()
+    load_checkpoint_strict(
+        model, weights, model_name=args.config_file, optional_prefixes=(ADAPTER_PREFIX,)
+    )
+    module = StudentInference(model, fold_bn=not args.no_fold_bn)
+    images = example_images(cfg)
+    export = export_onnx if args.format == "onnx" else export_torchscript
+    export(module, images[0], args.output)
+    print(
+        f"Wrote {args.format} to {args.output} ({os.path.getsize(args.output) / 2**20:.2f} MB; "
+        f"{module.num_folded} BatchNorm layers folded)"
+    )
+    if args.check:
+        key = "onnx_path" if args.format == "onnx" else "torchscript_path"
+        rows = parity_report(module, images, **{key: args.output})
+        print(json.dumps(rows, indent=1))
+        if not all(r["ok"] for r in rows):
+            print("Parity check FAILED", file=sys.stderr)
+            return 1
+        print(f"Parity check passed on {len(images)} images of sizes "
+              f"{[list(i.shape[1:]) for i in images]}")  # fmt: skip
     return 0
 
 

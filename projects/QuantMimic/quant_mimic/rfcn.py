@@ -6,7 +6,7 @@ Detectron2 has no R-FCN; this head follows py-R-FCN:
 * optional 1×1 "conv_new" (+ReLU) on the feature map;
 * 1×1 convs to k²·(C+1) position-sensitive class maps and k²·4 (class-agnostic, py-R-FCN's default)
   or k²·4C box maps; channel ``c·k² + i·k + j`` holds class c at bin (i, j);
-* position-sensitive RoI pooling (torchvision ``ps_roi_pool`` / ``ps_roi_align``), then
+* position-sensitive RoI pooling (PS-RoIAlign in exportable ops, or torchvision ``ps_roi_pool``), then
   average voting over the k×k bins;
 * detectron2's proposal labelling, ``FastRCNNOutputLayers`` losses and inference;
 * OHEM: all proposals are scored, the B hardest by per-RoI loss (optionally after NMS among RoIs, as
@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchvision.ops import nms, ps_roi_align, ps_roi_pool
+from torchvision.ops import nms, ps_roi_pool, roi_align
 
 from detectron2.config import CfgNode, configurable
 from detectron2.layers import ShapeSpec
@@ -36,6 +36,43 @@ logger = logging.getLogger(__name__)
 PS_POOLER_TYPES = ("PSROIAlign", "PSROIPool")
 
 
+def _bin_rois(boxes: List[torch.Tensor], k: int) -> torch.Tensor:
+    """
+    The k² bins of every RoI as RoIs of their own, in the layout ``roi_align`` takes:
+    (k²·R, 5) rows ``(n·k² + b, x0, y0, x1, y1)`` for bin b = i·k + j of a RoI of image n, ordered
+    RoI-major (all bins of RoI 0 first).
+    """
+    rois = torch.cat(boxes) if len(boxes) else torch.zeros(0, 4)
+    image = (
+        torch.cat(
+            [
+                torch.full((len(b),), n, dtype=rois.dtype, device=rois.device)
+                for n, b in enumerate(boxes)
+            ]
+        )
+        if len(boxes)
+        else rois.new_zeros(0)
+    )
+    x0, y0, x1, y1 = rois.unbind(1)
+    steps = torch.arange(k, dtype=rois.dtype, device=rois.device)
+    bw, bh = (x1 - x0) / k, (y1 - y0) / k  # (R,)
+    bx0 = x0[:, None] + steps[None, :] * bw[:, None]  # (R, k): column j
+    by0 = y0[:, None] + steps[None, :] * bh[:, None]  # (R, k): row i
+    r = rois.shape[0]
+    bins = torch.stack(
+        [
+            bx0[:, None, :].expand(r, k, k),
+            by0[:, :, None].expand(r, k, k),
+            (bx0 + bw[:, None])[:, None, :].expand(r, k, k),
+            (by0 + bh[:, None])[:, :, None].expand(r, k, k),
+        ],
+        dim=-1,
+    ).reshape(r * k * k, 4)
+    b = torch.arange(k * k, dtype=rois.dtype, device=rois.device)
+    index = (image[:, None] * (k * k) + b[None, :]).reshape(-1, 1)
+    return torch.cat([index, bins], dim=1)
+
+
 def ps_roi_pool_vote(
     score_maps: torch.Tensor,
     boxes: List[torch.Tensor],
@@ -45,7 +82,13 @@ def ps_roi_pool_vote(
     sampling_ratio: int = 0,
 ) -> torch.Tensor:
     """
-    Position-sensitive RoI pooling followed by average voting.
+    Position-sensitive RoI pooling followed by average voting (R-FCN, Dai et al. 2016).
+
+    "PSROIAlign" is computed in exportable ops (ONNX, TorchScript): the maps are regrouped so that
+    bin b's channel group ``{d·k² + b}`` becomes image ``n·k² + b`` of a (N·k², D, H, W) batch, and
+    one ``roi_align`` (aligned, 1×1 output) pools each bin of each RoI from its own group. This is
+    torchvision's ``ps_roi_align`` (same sampling points, same adaptive sampling) — tested against
+    it in tests/test_rfcn.py — and the only implementation used, in training and inference.
 
     Args:
         score_maps (Tensor): (N, D·k·k, H, W); channel ``d·k² + i·k + j`` is output d at bin (i, j).
@@ -53,24 +96,29 @@ def ps_roi_pool_vote(
         k (int): bins per side.
         spatial_scale (float): 1 / feature stride.
         pooler_type (str): "PSROIAlign" (bilinear samples averaged per bin, ``sampling_ratio``
-            per bin side; 0 = adaptive) or "PSROIPool" (average over integer-rounded bins, as
-            py-R-FCN's PSROIPooling).
+            per bin side; 0 = adaptive, ceil(bin size)) or "PSROIPool" (average over
+            integer-rounded bins, as py-R-FCN's PSROIPooling; torchvision's op, not exportable).
 
     Returns:
         Tensor: (ΣR_n, D), the mean over the k×k bins of the pooled values.
     """
-    assert score_maps.shape[1] % (k * k) == 0, f"{score_maps.shape[1]} channels is not D·k² (k={k})"
+    n, c, h, w = score_maps.shape
+    assert c % (k * k) == 0, f"{c} channels is not D·k² (k={k})"
+    d = c // (k * k)
     if pooler_type == "PSROIAlign":
-        pooled = ps_roi_align(
-            score_maps, boxes, k, spatial_scale, sampling_ratio if sampling_ratio > 0 else -1
-        )
-    elif pooler_type == "PSROIPool":
-        pooled = ps_roi_pool(score_maps, boxes, k, spatial_scale)
-    else:
-        raise ValueError(
-            f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}"
-        )
-    return pooled.mean(dim=(2, 3))
+        grouped = score_maps.reshape(n, d, k * k, h, w).transpose(1, 2).reshape(n * k * k, d, h, w)
+        pooled = roi_align(
+            grouped,
+            _bin_rois(boxes, k).to(score_maps.dtype),
+            (1, 1),
+            spatial_scale,
+            sampling_ratio if sampling_ratio > 0 else 0,
+            aligned=True,
+        )  # (ΣR_n·k², D, 1, 1)
+        return pooled.reshape(-1, k * k, d).mean(dim=1)
+    if pooler_type == "PSROIPool":
+        return ps_roi_pool(score_maps, boxes, k, spatial_scale).mean(dim=(2, 3))
+    raise ValueError(f"Unknown MODEL.RFCN.POOLER_TYPE: {pooler_type}; expected {PS_POOLER_TYPES}")
 
 
 def ohem_select(

@@ -1,0 +1,215 @@
+"""Deployment of the tiny student: BN folding, a single-image inference module with the ONNX
+contract, TorchScript / ONNX export and a parity check (used by tools/export_student.py,
+tools/benchmark_speed.py and tools/demo.py).
+
+ONNX / TorchScript contract (README, "Deploy"):
+
+* input ``image``: float32 (C, H, W), pixel values 0-255 in ``INPUT.FORMAT`` channel order, any H
+  and W (dynamic); the caller resizes as ``INPUT.MIN/MAX_SIZE_TEST`` say;
+* outputs ``boxes`` (N, 4) x0 y0 x1 y1 in the input's pixels, ``scores`` (N,), ``classes`` (N,)
+  int64 — the whole inference: normalisation, backbone (incl. a quantized output), RPN, ROI head
+  and post-processing (score threshold, NMS, ``TEST.DETECTIONS_PER_IMAGE``).
+"""
+
+import copy
+import logging
+import os
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectron2.layers import Conv2d, FrozenBatchNorm2d
+from detectron2.modeling import GeneralizedRCNN
+
+__all__ = [
+    "fold_batchnorm",
+    "StudentInference",
+    "export_torchscript",
+    "export_onnx",
+    "onnx_session",
+    "run_onnx",
+    "compare_detections",
+    "parity_report",
+    "ONNX_OPSET",
+]
+
+logger = logging.getLogger(__name__)
+
+ONNX_OPSET = 17  # RoiAlign with half_pixel (aligned) needs opset >= 16
+
+
+def _bn_scale_shift(norm: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    scale = norm.weight * (norm.running_var + norm.eps).rsqrt()  # same fields in both kinds
+    return scale, norm.bias - norm.running_mean * scale
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> int:
+    """
+    Fold every inference-mode BatchNorm that follows a convolution inside detectron2's ``Conv2d``
+    (``conv.norm``) into the convolution's weight and bias, in place: y = γ(Wx + b - μ)/σ + β
+    becomes W'x + b'. Outputs are unchanged up to float rounding. Returns the number folded.
+    """
+    folded = 0
+    for module in model.modules():
+        norm = getattr(module, "norm", None)
+        if not isinstance(module, Conv2d) or norm is None:
+            continue
+        if not isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+            continue
+        if isinstance(norm, nn.BatchNorm2d) and (norm.training or not norm.track_running_stats):
+            continue
+        scale, shift = _bn_scale_shift(norm)
+        module.weight.mul_(scale.reshape(-1, 1, 1, 1))
+        bias = module.bias if module.bias is not None else torch.zeros_like(shift)
+        new_bias = bias * scale + shift
+        if module.bias is None:
+            module.bias = nn.Parameter(new_bias)
+        else:
+            module.bias.copy_(new_bias)
+        module.norm = None
+        folded += 1
+    return folded
+
+
+class StudentInference(nn.Module):
+    """
+    The detector's whole single-image inference as ``image (C, H, W) -> boxes, scores, classes``
+    (module docstring). Built from an evaluated ``GeneralizedRCNN`` (a MimicRCNN is one: its
+    inference is the student's); a deep copy, in eval mode, optionally with BN folded.
+    """
+
+    def __init__(self, model: GeneralizedRCNN, fold_bn: bool = True):
+        super().__init__()
+        model = copy.deepcopy(model).eval()
+        if hasattr(model, "mimic_adapters"):  # unused at inference
+            del model.mimic_adapters
+        self.num_folded = fold_batchnorm(model) if fold_bn else 0
+        self.model = model
+        self.eval()  # exporters restore the mode they found: it must be eval
+
+    def forward(self, image: torch.Tensor):
+        instances = self.model.inference([{"image": image}], do_postprocess=False)[0]
+        return instances.pred_boxes.tensor, instances.scores, instances.pred_classes.long()
+
+
+def export_torchscript(module: StudentInference, example: torch.Tensor, path: str) -> str:
+    """Trace ``module`` on ``example`` (shapes stay dynamic: detectron2's code is trace-aware),
+    freeze it and save it to ``path`` atomically."""
+    with torch.no_grad():
+        traced = torch.jit.trace(module, (example,), check_trace=False)
+    traced = torch.jit.freeze(traced.eval())
+    tmp = path + ".tmp"
+    traced.save(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def export_onnx(module: StudentInference, example: torch.Tensor, path: str) -> str:
+    """Export ``module`` to ONNX (TorchScript-based exporter, opset :data:`ONNX_OPSET`) with
+    dynamic height and width, inputs/outputs named by the contract; check the file with onnx."""
+    import onnx
+
+    tmp = path + ".tmp"
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (example,),
+            tmp,
+            dynamo=False,
+            opset_version=ONNX_OPSET,
+            input_names=["image"],
+            output_names=["boxes", "scores", "classes"],
+            dynamic_axes={
+                "image": {1: "height", 2: "width"},
+                "boxes": {0: "detections"},
+                "scores": {0: "detections"},
+                "classes": {0: "detections"},
+            },
+        )
+    onnx.checker.check_model(onnx.load(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def onnx_session(path: str, threads: int = 0):
+    """An onnxruntime CPU session (``threads`` intra-op threads; 0 = onnxruntime's default)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """boxes, scores, classes of one (C, H, W) image from an onnxruntime session."""
+    boxes, scores, classes = session.run(None, {"image": image.numpy().astype(np.float32)})
+    return boxes, scores, classes
+
+
+def compare_detections(
+    reference: Sequence, other: Sequence, box_atol: float = 0.05, score_atol: float = 1e-3
+) -> Dict[str, float]:
+    """
+    Compare two (boxes, scores, classes) results of one image. Every reference detection must
+    have a counterpart of the same class with |Δbox| ≤ ``box_atol`` px on each coordinate and
+    |Δscore| ≤ ``score_atol``, and the counts must agree.
+
+    Returns:
+        dict: ``count_ref``, ``count_other``, ``max_box_diff``, ``max_score_diff``, ``matched``
+        (fraction of reference detections with a counterpart), ``ok`` (1.0 / 0.0).
+    """
+    rb, rs, rc = (np.asarray(x, dtype=np.float64) for x in reference)
+    ob, os_, oc = (np.asarray(x, dtype=np.float64) for x in other)
+    out = {"count_ref": float(len(rs)), "count_other": float(len(os_))}
+    if len(rs) == 0 or len(os_) == 0:
+        out.update(max_box_diff=0.0, max_score_diff=0.0, matched=float(len(rs) == len(os_)))
+        out["ok"] = float(len(rs) == len(os_))
+        return out
+    box_diff = np.abs(rb[:, None, :] - ob[None, :, :]).max(axis=2)  # (R, O)
+    score_diff = np.abs(rs[:, None] - os_[None, :])
+    same = (rc[:, None] == oc[None, :]) & (box_diff <= box_atol) & (score_diff <= score_atol)
+    matched = same.any(axis=1)
+    cost = np.where(same, box_diff, np.inf).min(axis=1)
+    out["matched"] = float(matched.mean())
+    out["max_box_diff"] = float(cost[matched].max()) if matched.any() else float("inf")
+    s_cost = np.where(same, score_diff, np.inf).min(axis=1)
+    out["max_score_diff"] = float(s_cost[matched].max()) if matched.any() else float("inf")
+    out["ok"] = float(matched.all() and len(rs) == len(os_))
+    return out
+
+
+def parity_report(
+    module: StudentInference,
+    images: List[torch.Tensor],
+    torchscript_path: str = "",
+    onnx_path: str = "",
+    box_atol: float = 0.05,
+    score_atol: float = 1e-3,
+) -> List[Dict]:
+    """Run the PyTorch module and the exported files on ``images``; one comparison per file and
+    image (see :func:`compare_detections`)."""
+    rows = []
+    ts = torch.jit.load(torchscript_path) if torchscript_path else None
+    session = onnx_session(onnx_path) if onnx_path else None
+    for i, image in enumerate(images):
+        with torch.no_grad():
+            ref = [x.numpy() for x in module(image)]
+            if ts is not None:
+                got = [x.numpy() for x in ts(image)]
+                rows.append(
+                    dict(runtime="torchscript", image=i, size=list(image.shape[1:]),
+                         **compare_detections(ref, got, box_atol, score_atol))
+                )  # fmt: skip
+        if session is not None:
+            got = run_onnx(session, image)
+            rows.append(
+                dict(runtime="onnxruntime", image=i, size=list(image.shape[1:]),
+                     **compare_detections(ref, got, box_atol, score_atol))
+            )  # fmt: skip
+    return rows

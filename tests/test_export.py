@@ -1,0 +1,119 @@
+"""Deployment export (quant_mimic.export, tools/export_student.py): BN folding, TorchScript and
+onnxruntime parity with PyTorch on two image sizes, the student-only checkpoint."""
+
+import os
+import sys
+import tempfile
+import unittest
+
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+
+from quant_mimic.export import (
+    StudentInference,
+    compare_detections,
+    export_onnx,
+    export_torchscript,
+    fold_batchnorm,
+    parity_report,
+)
+
+from .common import REPO_ROOT, build_model_no_weights, get_config
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from export_student import example_images, main  # noqa: E402
+
+RFCN = "WIDERFace/rfcn_VGG-1-32_scratch.yaml"
+RFCN_QM = "WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"
+FRCNN = "PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml"
+SIZES = ((192, 256), (160, 288))
+
+
+def _randomise_bn(model):
+    """Non-trivial BN statistics, so that folding is really exercised."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if hasattr(m, "running_var") and m.running_var is not None:
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+                if getattr(m, "weight", None) is not None:
+                    m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
+    return model.eval()
+
+
+class TestFoldBatchNorm(unittest.TestCase):
+    def test_folding_keeps_outputs(self):
+        for config in (RFCN, FRCNN):
+            with self.subTest(config=config):
+                cfg = get_config(config)
+                model = _randomise_bn(build_model_no_weights(cfg))
+                x = torch.rand(len(cfg.MODEL.PIXEL_MEAN), 1, 160, 224) * 255
+                x = model.preprocess_image([{"image": x[:, 0]}]).tensor
+                with torch.no_grad():
+                    before = model.backbone(x)
+                    folded = fold_batchnorm(model)
+                    after = model.backbone(x)
+                self.assertGreater(folded, 0)
+                for k in before:
+                    torch.testing.assert_close(after[k], before[k], atol=1e-4, rtol=1e-4)
+
+
+class TestExportRoundTrip(unittest.TestCase):
+    def _round_trip(self, config):
+        cfg = get_config(config)
+        model = _randomise_bn(build_model_no_weights(cfg))
+        module = StudentInference(model)
+        images = example_images(cfg, sizes=SIZES)
+        with tempfile.TemporaryDirectory() as d:
+            ts = export_torchscript(module, images[0], os.path.join(d, "m.ts"))
+            onnx = export_onnx(module, images[0], os.path.join(d, "m.onnx"))
+            rows = parity_report(module, images, torchscript_path=ts, onnx_path=onnx)
+        self.assertEqual(len(rows), 4)  # 2 runtimes × 2 sizes (dynamic H, W)
+        for r in rows:
+            self.assertTrue(r["ok"], r)
+            self.assertGreater(r["count_ref"], 0, r)
+        # the unfolded PyTorch model gives the same detections as the folded module
+        with torch.no_grad():
+            plain = model.inference([{"image": images[1]}], do_postprocess=False)[0]
+            got = module(images[1])
+        ref = (plain.pred_boxes.tensor, plain.scores, plain.pred_classes)
+        self.assertTrue(compare_detections(ref, got, 0.05, 1e-3)["ok"])
+
+    def test_rfcn_vgg_student(self):
+        self._round_trip(RFCN)
+
+    def test_faster_rcnn_resnet_student(self):
+        self._round_trip(FRCNN)
+
+
+class TestExportCLI(unittest.TestCase):
+    def test_formats_from_a_mimic_checkpoint(self):
+        mimic = build_model_no_weights(get_config(RFCN_QM))
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "model_final.pth")
+            torch.save({"model": mimic.state_dict(), "iteration": 3}, src)
+            pth = os.path.join(d, "student.pth")
+            self.assertEqual(main(["--format", "pth", "--output", pth, "MODEL.WEIGHTS", src]), 0)
+            student = build_model_no_weights(get_config(RFCN)).eval()
+            DetectionCheckpointer(student).load(pth)  # detectron2's own loader
+            exported = torch.load(pth, weights_only=True)["model"]
+            missing, unexpected = student.load_state_dict(exported, strict=True)
+            self.assertEqual((missing, unexpected), ([], []))
+            image = example_images(get_config(RFCN), sizes=SIZES[:1])[0]
+            with torch.no_grad():
+                a = student.inference([{"image": image}], do_postprocess=False)[0]
+                b = mimic.eval().inference([{"image": image}], do_postprocess=False)[0]
+            self.assertTrue(torch.equal(a.pred_boxes.tensor, b.pred_boxes.tensor))
+            self.assertTrue(torch.equal(a.scores, b.scores))
+            config = os.path.join(REPO_ROOT, "configs", RFCN_QM)
+            for fmt, name in (("onnx", "s.onnx"), ("torchscript", "s.ts")):
+                out = os.path.join(d, name)
+                argv = ["--config-file", config, "--format", fmt, "--output", out, "--check"]
+                self.assertEqual(main(argv + ["MODEL.WEIGHTS", src]), 0, fmt)
+                self.assertGreater(os.path.getsize(out), 0)
+
+
+if __name__ == "__main__":
+    unittest.main()
