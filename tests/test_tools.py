@@ -51,16 +51,60 @@ class TestTools(unittest.TestCase):
             self.assertIn(b"not a readable torch checkpoint", proc.stderr)
             self.assertFalse(os.path.exists(src + "2"))
 
-    def test_benchmark_speed_runs_from_any_directory(self):
+    def test_benchmark_speed_quick_mode_writes_every_field(self):
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "speed.json")
             tool = os.path.join(REPO_ROOT, "tools", "benchmark_speed.py")
             cmd = [sys.executable, tool, "--device", "cpu", "--runs", "1", "--warmup", "0"]
-            cmd += ["--height", "64", "--width", "96", "--json", out]
-            proc = subprocess.run(cmd, capture_output=True, cwd=d)
+            cmd += ["--height", "96", "--width", "128", "--json", out, "--peer", "--threads", "1"]
+            cmd += ["--models", "VGG-1-32 R-FCN"]
+            proc = subprocess.run(cmd, capture_output=True, cwd=d)  # from another directory
             self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
             with open(out) as f:
-                self.assertEqual(len(json.load(f)), 3)
+                rows = json.load(f)
+        fields = ("model", "runtime", "threads", "input", "detector_ms", "params_M", "size_MB",
+                  "gmacs", "speedup_vs_peer")  # fmt: skip
+        self.assertEqual([r["runtime"] for r in rows], ["pytorch", "torchscript", "onnxruntime",
+                                                        "pytorch"])  # fmt: skip
+        for r in rows:
+            for k in fields:
+                self.assertIn(k, r)
+            self.assertGreater(r["detector_ms"], 0)
+            self.assertEqual((r["threads"], r["input"]), (1, "96x128"))
+        self.assertIn("mobilenet", rows[-1]["model"])
+        self.assertAlmostEqual(
+            rows[0]["speedup_vs_peer"], rows[-1]["detector_ms"] / rows[0]["detector_ms"], places=2
+        )
+        self.assertGreater(rows[0]["backbone_ms"], 0)
+        self.assertGreater(rows[0]["gmacs"], 0)
+
+    def test_demo_writes_png_of_input_size(self):
+        import cv2
+
+        student = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_scratch.yaml"))
+        with tempfile.TemporaryDirectory() as d:
+            generate_faces(os.path.join(d, "faces"), 2, 2, seed=0)
+            images = os.path.join(d, "faces", "WIDER_val", "images")
+            image = sorted(os.path.join(r, f) for r, _, fs in os.walk(images) for f in fs)[0]
+            weights = os.path.join(d, "s.pth")
+            torch.save({"model": student.state_dict()}, weights)
+            config = os.path.join(REPO_ROOT, "configs", "WIDERFace", "rfcn_VGG-1-32_scratch.yaml")
+            tool = os.path.join(REPO_ROOT, "tools", "demo.py")
+            onnx = os.path.join(d, "s.onnx")
+            export = os.path.join(REPO_ROOT, "tools", "export_student.py")
+            subprocess.run([sys.executable, export, "--config-file", config, "--format", "onnx",
+                            "--output", onnx, "MODEL.WEIGHTS", weights], check=True)  # fmt: skip
+            for extra in ([], ["--onnx", onnx]):
+                out = os.path.join(d, "out" + str(len(extra)))
+                cmd = [sys.executable, tool, "--config-file", config, "--input", image]
+                cmd += ["--output", out, "--confidence", "0.0"] + extra
+                cmd += ["MODEL.WEIGHTS", weights]
+                proc = subprocess.run(cmd, capture_output=True)
+                self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+                (png,) = os.listdir(out)
+                drawn = cv2.imread(os.path.join(out, png))
+                self.assertEqual(drawn.shape[:2], cv2.imread(image).shape[:2])
+                self.assertGreater(os.path.getsize(os.path.join(out, png)), 0)
 
     def test_prepare_widerface_checks_layout(self):
         with tempfile.TemporaryDirectory() as d:

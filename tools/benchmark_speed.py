@@ -1,103 +1,258 @@
 #!/usr/bin/env python
-"""Speed and size of R-FCN detectors on VGG16, VGG-1-4 and VGG-1-32 (the paper's Table 1 setting).
+"""Speed and size of the paper's detectors and their tiny students (Table 1 setting), side by side
+with a mobile detector a user would pick instead.
 
-    python tools/benchmark_speed.py [--device cuda] [--runs 50] [--json speed.json]
+    python tools/benchmark_speed.py [--device cpu|cuda] [--threads 2] [--runtime all]
+        [--peer] [--runs 30] [--json speed.json] [--models "VGG-1-32 R-FCN" ...]
 
-One grey image whose longer side is 1024 (576×1024), batch 1, inference mode; medians over
-``--runs`` timed runs after warm-up, all models measured in the same process, side by side. Sizes
-are fp32 parameter bytes. Randomly initialised weights (speed does not depend on them; the RPN's
-proposals are capped by POST_NMS_TOPK_TEST as in the configs).
+One image of 576×1024 (the paper's longer side 1024), batch 1, random weights (speed does not
+depend on them), every model measured in the same process so that ratios are side by side.
+Per model and runtime: the median latency of ``--runs`` timed runs after ``--warmup``:
+
+* ``pytorch``: :class:`quant_mimic.export.StudentInference` (BN folded) in eager inference mode;
+* ``torchscript``: the same module traced and frozen (``tools/export_student.py --format
+  torchscript``);
+* ``onnxruntime``: the same module exported to ONNX (``--format onnx``), onnxruntime CPU session
+  with ``--threads`` intra-op threads (CPU only).
+
+Also: parameters, fp32 size, backbone GMACs at 600×1000 (fvcore), and for ``pytorch`` the time
+split (preprocess / backbone / RPN / ROI head / postprocess). ``--peer``: torchvision's
+``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights, the same 576×1024 input, its own
+resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms / model ms.
+``--model-opts NAME KEY VALUE ...`` is not needed: test-time settings live in the configs below.
 """
 
 import argparse
 import json
 import os
 import statistics
+import tempfile
 import time
+from typing import Callable, Dict, List
 
 import torch
 
 from detectron2.modeling import build_model
+from detectron2.modeling.postprocessing import detector_postprocess
 
-import quant_mimic  # noqa: F401
 from quant_mimic import setup_cfg
+from quant_mimic.export import (
+    StudentInference,
+    export_onnx,
+    export_torchscript,
+    onnx_session,
+    run_onnx,
+)
 
-# Config paths are relative to the repository's configs/ folder: the tool runs from any directory.
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-MODELS = {
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+# name -> (config relative to configs/, overrides)
+MODELS: Dict[str, tuple] = {
     "VGG16 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", ["MODEL.VGG.CHANNEL_DIVISOR", 1]),
     "VGG-1-4 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", []),
     "VGG-1-32 R-FCN": ("WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
+    "ResNet18 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml", []),
+    "ResNet18-1-16 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml", []),
 }
+STUDENTS = ("VGG-1-32 R-FCN", "ResNet18-1-16 Faster R-CNN")
+RUNTIMES = ("pytorch", "torchscript", "onnxruntime")
+PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
-def _time(fn, device, runs, warmup):
+def median_ms(fn: Callable, runs: int, warmup: int, cuda: bool = False) -> float:
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(runs):
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
         fn()
-        if device.type == "cuda":
+        if cuda:
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
 
 
-def main() -> None:
+def backbone_gmacs(model, channels: int, height: int = 600, width: int = 1000) -> float:
+    """fvcore's count of the backbone's multiply-adds at height×width (one image)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    x = torch.zeros(1, channels, height, width, device=next(model.parameters()).device)
+    counter = FlopCountAnalysis(model.backbone, x)
+    counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return counter.total() / 1e9
+
+
+def time_split(module: StudentInference, image, runs: int, warmup: int, cuda: bool) -> Dict:
+    """Median ms of each inference step of the (BN-folded) eager model, run step by step."""
+    m = module.model
+    inputs = [{"image": image}]
+    state = {}
+
+    def pre():
+        state["images"] = m.preprocess_image(inputs)
+
+    def backbone():
+        state["features"] = m.backbone(state["images"].tensor)
+
+    def rpn():
+        state["proposals"], _ = m.proposal_generator(state["images"], state["features"], None)
+
+    def head():
+        state["results"], _ = m.roi_heads(state["images"], state["features"], state["proposals"])
+
+    def post():
+        detector_postprocess(state["results"][0], image.shape[1], image.shape[2])
+
+    split = {}
+    with torch.inference_mode():
+        for name, fn in (("preprocess", pre), ("backbone", backbone), ("rpn", rpn),
+                         ("roi_head", head), ("postprocess", post)):  # fmt: skip
+            fn()
+            split[name + "_ms"] = round(median_ms(fn, runs, warmup, cuda), 3)
+    return split
+
+
+def measure_model(name, args, image, tmp) -> List[Dict]:
+    config, opts = MODELS[name]
+    cfg = setup_cfg(
+        os.path.join(CONFIG_DIR, config),
+        ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""] + [str(o) for o in opts],
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    channels = len(cfg.MODEL.PIXEL_MEAN)
+    img = image[:channels].to(args.device)
+    params = sum(p.numel() for p in model.parameters())
+    common = {
+        "model": name,
+        "config": config,
+        "threads": args.threads,
+        "device": _device_name(args.device),
+        "input": f"{args.height}x{args.width}",
+        "params_M": round(params / 1e6, 4),
+        "size_MB": round(params * 4 / 2**20, 3),
+        "gmacs": round(backbone_gmacs(model, channels), 3),
+    }
+    module = StudentInference(model)
+    cuda = args.device.startswith("cuda")
+    rows = []
+    for runtime in args.runtimes:
+        if runtime == "onnxruntime" and cuda:
+            continue
+        if runtime == "pytorch":
+            fn = _no_grad(lambda: module(img))
+        elif runtime == "torchscript":
+            path = export_torchscript(module, img, os.path.join(tmp, "m.ts"))
+            ts = torch.jit.load(path, map_location=args.device)
+            fn = _no_grad(lambda: ts(img))
+        else:
+            path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
+            session = onnx_session(path, args.threads)
+            fn = lambda: run_onnx(session, img)  # noqa: E731
+        row = dict(common, runtime=runtime)
+        row["detector_ms"] = round(median_ms(fn, args.runs, args.warmup, cuda), 3)
+        if runtime == "pytorch" and name in STUDENTS:
+            row.update(time_split(module, img, args.runs, args.warmup, cuda))
+        rows.append(row)
+        print(f"  {name} / {runtime}: {row['detector_ms']:.2f} ms", flush=True)
+    return rows
+
+
+def measure_peer(args, image) -> Dict:
+    from torchvision.models.detection import fasterrcnn_mobilenet_v3_large_320_fpn
+
+    torch.manual_seed(0)
+    peer = fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None)
+    peer = peer.eval().to(args.device)
+    x = [(image.expand(3, -1, -1) / 255.0).to(args.device)]
+    params = sum(p.numel() for p in peer.parameters())
+    ms = median_ms(_no_grad(lambda: peer(x)), args.runs, args.warmup, args.device != "cpu")
+    print(f"  {PEER} / pytorch: {ms:.2f} ms", flush=True)
+    return {
+        "model": PEER,
+        "config": "torchvision (random weights)",
+        "threads": args.threads,
+        "device": _device_name(args.device),
+        "input": f"{args.height}x{args.width}",
+        "params_M": round(params / 1e6, 4),
+        "size_MB": round(params * 4 / 2**20, 3),
+        "gmacs": None,
+        "runtime": "pytorch",
+        "detector_ms": round(ms, 3),
+    }
+
+
+def _no_grad(fn):
+    def run():
+        with torch.inference_mode():
+            return fn()
+
+    return run
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def main(argv=None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--runs", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime CPU threads")
+    parser.add_argument("--runtime", choices=RUNTIMES + ("all",), default="all")
+    parser.add_argument("--peer", action="store_true", help=f"also time {PEER}")
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--height", type=int, default=576)
     parser.add_argument("--width", type=int, default=1024)
-    parser.add_argument("--json", default="")
-    args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    image = torch.rand(1, args.height, args.width) * 255
+    parser.add_argument("--json", default="", help="write the rows to this file")
+    args = parser.parse_args(argv)
+    args.runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
+    torch.set_num_threads(args.threads)
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(3, args.height, args.width, generator=g) * 255
     rows = []
-    for name, (config, opts) in MODELS.items():
-        cfg = setup_cfg(
-            os.path.join(CONFIG_DIR, config),
-            ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""] + opts,
-        )
-        model = build_model(cfg).eval()
-        inputs = [{"image": image.to(device), "height": args.height, "width": args.width}]
-        params = sum(p.numel() for p in model.parameters())
-        backbone_params = sum(p.numel() for p in model.backbone.parameters())
-        with torch.inference_mode():
-            full = _time(lambda: model(inputs), device, args.runs, args.warmup)
-            x = model.preprocess_image(inputs).tensor
-            backbone = _time(lambda: model.backbone(x), device, args.runs, args.warmup)
-        rows.append(
-            {
-                "model": name,
-                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "input": f"{args.height}x{args.width}",
-                "detector_ms": round(full, 3),
-                "backbone_ms": round(backbone, 3),
-                "params_M": round(params / 1e6, 4),
-                "size_MB": round(params * 4 / 2**20, 3),
-                "backbone_size_MB": round(backbone_params * 4 / 2**20, 3),
-            }
-        )
-    base = rows[0]["detector_ms"]
-    print(
-        f"| model | device | detector ms (median of {args.runs}) | backbone ms | speed-up "
-        "| params (M) | size (MB) |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['model']} | {r['device']} | {r['detector_ms']:.2f} | {r['backbone_ms']:.2f} | "
-            f"{base / r['detector_ms']:.2f}× | {r['params_M']:.3f} | {r['size_MB']:.2f} |"
-        )
+    peer = measure_peer(args, image) if args.peer else None
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            rows += measure_model(name, args, image, tmp)
+    if peer is not None:
+        for r in rows:
+            r["speedup_vs_peer"] = round(peer["detector_ms"] / r["detector_ms"], 3)
+        peer["speedup_vs_peer"] = 1.0
+        rows.append(peer)
+    else:
+        for r in rows:
+            r["speedup_vs_peer"] = None
+    _print_table(rows, args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)
+    return rows
+
+
+def _print_table(rows, args):
+    print(f"\n{args.height}x{args.width}, batch 1, {args.threads} threads, median of {args.runs}")
+    print("| model | runtime | ms | vs peer | params (M) | size (MB) | backbone GMACs (600×1000) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['speedup_vs_peer']:.2f}×" if r.get("speedup_vs_peer") else "–"
+        gmacs = f"{r['gmacs']:.3f}" if r.get("gmacs") is not None else "–"
+        print(
+            f"| {r['model']} | {r['runtime']} | {r['detector_ms']:.2f} | {ratio} | "
+            f"{r['params_M']:.3f} | {r['size_MB']:.2f} | {gmacs} |"
+        )
+    for r in rows:
+        if "backbone_ms" in r:
+            steps = ("preprocess", "backbone", "rpn", "roi_head", "postprocess")
+            print(
+                f"{r['model']} (pytorch) split: "
+                + ", ".join(f"{s} {r[s + '_ms']:.2f} ms" for s in steps)
+            )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import GeneralizedRCNN
 
@@ -95,10 +96,16 @@ class StudentInference(nn.Module):
         return instances.pred_boxes.tensor, instances.scores, instances.pred_classes.long()
 
 
+def _traceable_len():
+    """detectron2's patch making ``len()`` of per-image RoI counts (e.g. the ``split`` of box
+    predictions per image) a traced value instead of a constant baked into the graph."""
+    return patch_builtin_len()
+
+
 def export_torchscript(module: StudentInference, example: torch.Tensor, path: str) -> str:
     """Trace ``module`` on ``example`` (shapes stay dynamic: detectron2's code is trace-aware),
     freeze it and save it to ``path`` atomically."""
-    with torch.no_grad():
+    with torch.no_grad(), _traceable_len():
         traced = torch.jit.trace(module, (example,), check_trace=False)
     traced = torch.jit.freeze(traced.eval())
     tmp = path + ".tmp"
@@ -113,7 +120,7 @@ def export_onnx(module: StudentInference, example: torch.Tensor, path: str) -> s
     import onnx
 
     tmp = path + ".tmp"
-    with torch.no_grad():
+    with torch.no_grad(), _traceable_len():
         torch.onnx.export(
             module,
             (example,),

@@ -6,8 +6,8 @@ Detectron2 has no R-FCN; this head follows py-R-FCN:
 * optional 1×1 "conv_new" (+ReLU) on the feature map;
 * 1×1 convs to k²·(C+1) position-sensitive class maps and k²·4 (class-agnostic, py-R-FCN's default)
   or k²·4C box maps; channel ``c·k² + i·k + j`` holds class c at bin (i, j);
-* position-sensitive RoI pooling (PS-RoIAlign in exportable ops, or torchvision ``ps_roi_pool``), then
-  average voting over the k×k bins;
+* position-sensitive RoI pooling (PS-RoIAlign in exportable ops, or torchvision ``ps_roi_pool``),
+  then average voting over the k×k bins;
 * detectron2's proposal labelling, ``FastRCNNOutputLayers`` losses and inference;
 * OHEM: all proposals are scored, the B hardest by per-RoI loss (optionally after NMS among RoIs, as
   in the OHEM paper; py-R-FCN does not) are back-propagated.
@@ -40,34 +40,28 @@ def _bin_rois(boxes: List[torch.Tensor], k: int) -> torch.Tensor:
     """
     The k² bins of every RoI as RoIs of their own, in the layout ``roi_align`` takes:
     (k²·R, 5) rows ``(n·k² + b, x0, y0, x1, y1)`` for bin b = i·k + j of a RoI of image n, ordered
-    RoI-major (all bins of RoI 0 first).
+    RoI-major (all bins of RoI 0 first). Sizes come from tensors, never Python ints, so that a
+    traced / exported graph stays valid for any number of RoIs.
     """
-    rois = torch.cat(boxes) if len(boxes) else torch.zeros(0, 4)
-    image = (
-        torch.cat(
-            [
-                torch.full((len(b),), n, dtype=rois.dtype, device=rois.device)
-                for n, b in enumerate(boxes)
-            ]
-        )
-        if len(boxes)
-        else rois.new_zeros(0)
-    )
+    rois = torch.cat(boxes)
+    image = torch.cat([torch.zeros_like(b[:, 0]) + n for n, b in enumerate(boxes)])
     x0, y0, x1, y1 = rois.unbind(1)
     steps = torch.arange(k, dtype=rois.dtype, device=rois.device)
     bw, bh = (x1 - x0) / k, (y1 - y0) / k  # (R,)
-    bx0 = x0[:, None] + steps[None, :] * bw[:, None]  # (R, k): column j
-    by0 = y0[:, None] + steps[None, :] * bh[:, None]  # (R, k): row i
-    r = rois.shape[0]
+    bx0 = x0[:, None] + steps[None, :] * bw[:, None]  # (R, k): left edge of column j
+    by0 = y0[:, None] + steps[None, :] * bh[:, None]  # (R, k): top edge of row i
+    zero = torch.zeros_like(x0)[:, None, None] + torch.zeros(
+        k, k, dtype=rois.dtype, device=rois.device
+    )
     bins = torch.stack(
         [
-            bx0[:, None, :].expand(r, k, k),
-            by0[:, :, None].expand(r, k, k),
-            (bx0 + bw[:, None])[:, None, :].expand(r, k, k),
-            (by0 + bh[:, None])[:, :, None].expand(r, k, k),
+            bx0[:, None, :] + zero,
+            by0[:, :, None] + zero,
+            (bx0 + bw[:, None])[:, None, :] + zero,
+            (by0 + bh[:, None])[:, :, None] + zero,
         ],
         dim=-1,
-    ).reshape(r * k * k, 4)
+    ).reshape(-1, 4)
     b = torch.arange(k * k, dtype=rois.dtype, device=rois.device)
     index = (image[:, None] * (k * k) + b[None, :]).reshape(-1, 1)
     return torch.cat([index, bins], dim=1)
