@@ -365,9 +365,18 @@ class WiderFaceEvaluator(DatasetEvaluator):
             if not comm.is_main_process():
                 return {}
         preds: Predictions = defaultdict(dict)
+        duplicates = []
         for image_id, dets in predictions:
             event, stem = image_id.split("/")[-2:]
+            if stem in preds[event]:
+                duplicates.append(image_id)
             preds[event][stem] = dets
+        if duplicates:  # e.g. a sampler that gives an image to two ranks
+            raise WiderFaceFormatError(
+                f"{self._dataset_name}: {len(duplicates)} image(s) were predicted more than once "
+                f"(e.g. {duplicates[:3]}); every image must be evaluated exactly once"
+            )
+        self.num_images = len(predictions)
         if self._output_dir:
             out = os.path.join(self._output_dir, "predictions")
             write_widerface_predictions(preds, out)
