@@ -9,7 +9,8 @@ One image of 576×1024 (the paper's longer side 1024), batch 1, random weights (
 depend on them), every model measured in the same process so that ratios are side by side.
 Per model and runtime: the median latency of ``--runs`` timed runs after ``--warmup``:
 
-* ``pytorch``: :class:`quant_mimic.export.StudentInference` (BN folded) in eager inference mode;
+* ``pytorch``: :class:`quant_mimic.export.StudentInference` (BN folded) in eager inference mode,
+  its CPU convolution backend (oneDNN or native) chosen by timing (``autotune_conv_backend``);
 * ``torchscript``: the same module traced and frozen (``tools/export_student.py --format
   torchscript``);
 * ``onnxruntime``: the same module exported to ONNX (``--format onnx``), onnxruntime CPU session
@@ -19,7 +20,6 @@ Also: parameters, fp32 size, backbone GMACs at 600×1000 (fvcore), and for ``pyt
 split (preprocess / backbone / RPN / ROI head / postprocess). ``--peer``: torchvision's
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights, the same 576×1024 input, its own
 resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms / model ms.
-``--model-opts NAME KEY VALUE ...`` is not needed: test-time settings live in the configs below.
 """
 
 import argparse
@@ -54,7 +54,16 @@ MODELS: Dict[str, tuple] = {
     "ResNet18 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml", []),
     "ResNet18-1-16 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml", []),
 }
-STUDENTS = ("VGG-1-32 R-FCN", "ResNet18-1-16 Faster R-CNN")
+# The students at the test-time proposal counts chosen for the tiny model (README "Speed": greedy
+# NMS keeps the same top-scoring survivors from a shorter pre-NMS list; the AP cost is measured by
+# tools/sweep_test_proposals.py).
+DEPLOY_OPTS = ["MODEL.RPN.PRE_NMS_TOPK_TEST", 1000, "MODEL.RPN.POST_NMS_TOPK_TEST", 100]
+MODELS["VGG-1-32 R-FCN, RPN test 1000/100"] = (MODELS["VGG-1-32 R-FCN"][0], DEPLOY_OPTS)
+MODELS["ResNet18-1-16 Faster R-CNN, RPN test 1000/100"] = (
+    MODELS["ResNet18-1-16 Faster R-CNN"][0],
+    DEPLOY_OPTS,
+)
+STUDENTS = tuple(m for m in MODELS if "-1-32" in m or "-1-16" in m)
 RUNTIMES = ("pytorch", "torchscript", "onnxruntime")
 PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
 
@@ -106,7 +115,7 @@ def time_split(module: StudentInference, image, runs: int, warmup: int, cuda: bo
         detector_postprocess(state["results"][0], image.shape[1], image.shape[2])
 
     split = {}
-    with torch.inference_mode():
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=module.onednn):
         for name, fn in (("preprocess", pre), ("backbone", backbone), ("rpn", rpn),
                          ("roi_head", head), ("postprocess", post)):  # fmt: skip
             fn()
@@ -137,6 +146,10 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
     }
     module = StudentInference(model)
     cuda = args.device.startswith("cuda")
+    tuned = module.autotune_conv_backend(img)
+    if tuned:
+        common["conv_backend"] = "oneDNN" if module.onednn else "native"
+        common.update({k: round(v, 3) for k, v in tuned.items()})
     rows = []
     for runtime in args.runtimes:
         if runtime == "onnxruntime" and cuda:
@@ -146,7 +159,11 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
         elif runtime == "torchscript":
             path = export_torchscript(module, img, os.path.join(tmp, "m.ts"))
             ts = torch.jit.load(path, map_location=args.device)
-            fn = _no_grad(lambda: ts(img))
+
+            def fn():  # the same convolution backend as the eager module
+                with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=module.onednn):
+                    return ts(img)
+
         else:
             path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
             session = onnx_session(path, args.threads)

@@ -52,8 +52,10 @@ def main(argv=None):
                 )
                 res = train_net.main(a)
             flat = {f"{t}/{k}": float(v) for t, d in res.items() for k, v in d.items()}
-            rows.append({"pre_nms_topk_test": pre, "post_nms_topk_test": post,
-                         "min_size_test": size, "weights": args.weights, "metrics": flat})  # fmt: skip
+            rows.append(
+                {"pre_nms_topk_test": pre, "post_nms_topk_test": post, "min_size_test": size,
+                 "weights": args.weights, "metrics": flat}
+            )  # fmt: skip
             print(pre, post, size, flat, flush=True)
     with open(args.json, "w") as f:
         json.dump(rows, f, indent=2)
