@@ -21,7 +21,7 @@ from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
 from quant_mimic import Trainer, setup_cfg  # registers everything
-from quant_mimic.checkpoint import load_checkpoint_strict
+from quant_mimic.checkpoint import atomic_write_text, load_checkpoint_strict
 
 FINAL_METRICS = "final_metrics.json"
 
@@ -31,9 +31,7 @@ def write_final_metrics(output_dir: str, results) -> str:
     flat = {k: float(v) for k, v in flatten_results_dict(results or {}).items()}
     path = os.path.join(output_dir, FINAL_METRICS)
     os.makedirs(output_dir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(flat, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True))
     return path
 
 

@@ -25,6 +25,7 @@ __all__ = [
     "describe_incompatible",
     "non_finite_tensors",
     "atomic_torch_save",
+    "atomic_write_text",
     "SafeCheckpointer",
 ]
 
@@ -74,7 +75,9 @@ def atomic_torch_save(obj, path: str) -> None:
             os.remove(tmp)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a synced temporary file and a rename: readers see the old
+    file or the whole new one, never a part."""
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -158,7 +161,7 @@ class SafeCheckpointer(DetectionCheckpointer):
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
-        _atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
 
     # ---- resuming --------------------------------------------------------------------------
     def _resume_candidates(self) -> Iterable[str]:

@@ -58,6 +58,20 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Smallest exponent k of the power-of-2 code book s·2^k ("pow2" only); values ≤ s·2^(k-1)
     # go to 0.
     _C.MODEL.QUANTIZATION.POW2_MIN_EXP = -8
+    # Stride from the teacher's statistics (ours, not in the paper; stride_calibration.py):
+    # s = P_PERCENTILE(positive entries of the full-precision outputs that Q quantizes) / LEVELS,
+    # measured once over the first NUM_IMAGES of DATASETS.TRAIN with MODEL.WEIGHTS (the
+    # full-precision teacher) when train_net.py starts the quantized teacher's finetuning (§3.3).
+    # The value replaces STRIDE in the run's config.yaml (LEVELS becomes 0 there), which the
+    # students' mimic loss (eq. 6) inherits, and is recorded in OUTPUT_DIR/stride_calibration.json.
+    _C.MODEL.QUANTIZATION.CALIBRATION = CN()
+    # L: non-zero levels of {0, s, ..., L·s} spanning the percentile (2^b - 1 for b bits);
+    # 0 = off: s = STRIDE (the paper).
+    _C.MODEL.QUANTIZATION.CALIBRATION.LEVELS = 0
+    # p (0 < p ≤ 100) of the percentile P_p of the positive entries.
+    _C.MODEL.QUANTIZATION.CALIBRATION.PERCENTILE = 99.9
+    # Training images measured.
+    _C.MODEL.QUANTIZATION.CALIBRATION.NUM_IMAGES = 64
 
     # ---------------------------------------------------------------------------------------------
     # Mimic learning (MimicRCNN, mimic_rcnn.py). Paper §3.2-3.3, eq. 4-6.
@@ -165,6 +179,11 @@ def validate_quantmimic_config(cfg: CN) -> None:
     _check(q.STRIDE > 0, "MODEL.QUANTIZATION.STRIDE", q.STRIDE, "the stride s must be > 0")
     _check(q.METHOD in methods, "MODEL.QUANTIZATION.METHOD", q.METHOD, f"expected {methods}")
     _check(q.CLIP >= 0, "MODEL.QUANTIZATION.CLIP", q.CLIP, "must be ≥ 0 (0 = no clip)")
+    c = q.CALIBRATION
+    key = "MODEL.QUANTIZATION.CALIBRATION."
+    _check(c.LEVELS >= 0, key + "LEVELS", c.LEVELS, "must be ≥ 0 (0 = off)")
+    _check(0 < c.PERCENTILE <= 100, key + "PERCENTILE", c.PERCENTILE, "must be in (0, 100]")
+    _check(c.NUM_IMAGES > 0, key + "NUM_IMAGES", c.NUM_IMAGES, "must be > 0")
     _check(m.LOSS_WEIGHT >= 0, "MODEL.MIMIC.LOSS_WEIGHT", m.LOSS_WEIGHT, "λ must be ≥ 0")
     _check(m.NUM_ROIS > 0, "MODEL.MIMIC.NUM_ROIS", m.NUM_ROIS, "N must be > 0")
     _check(m.QUANT_STRIDE >= 0, "MODEL.MIMIC.QUANT_STRIDE", m.QUANT_STRIDE, "≥ 0 (0 = inherit)")

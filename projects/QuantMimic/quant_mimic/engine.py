@@ -23,6 +23,7 @@ from .checkpoint import SafeCheckpointer
 from .config import add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
+from .stride_calibration import apply_stride_calibration
 from .teacher import pin_teacher, resolve_teacher_config_path
 
 __all__ = ["setup_cfg", "Trainer"]
@@ -51,10 +52,16 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
+    calibration = {}
+    if args is not None and not getattr(args, "eval_only", False):
+        # Ours: s from the teacher's statistics, fixed in the config before default_setup dumps it.
+        calibration = apply_stride_calibration(cfg)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_mimic")
+        if calibration:
+            logger.info(f"MODEL.QUANTIZATION.STRIDE calibrated (ours): {calibration}")
     return cfg
 
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from detectron2.config import CfgNode, get_cfg
 
-from .checkpoint import load_checkpoint_strict
+from .checkpoint import atomic_write_text, load_checkpoint_strict
 from .config import add_quantmimic_config
 from .quantization import quantize, quantizer_args
 
@@ -106,8 +106,25 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
         dict: keyword arguments of :func:`quantize`.
     """
     teacher_quantized = tcfg.MODEL.BACKBONE.NAME == "build_quantized_backbone"
-    args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
+    if teacher_quantized and tcfg.MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0:
+        raise ValueError(
+            f"The teacher config {cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE} asks for a calibrated "
+            "stride (MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0) but does not hold its value: "
+            "point MODEL.MIMIC.TEACHER.CONFIG_FILE at the config.yaml that the quantized teacher's "
+            "training wrote (its STRIDE is the calibrated s)"
+        )
     m = cfg.MODEL.MIMIC
+    if (
+        not teacher_quantized
+        and (m.QUANTIZE_TEACHER or m.QUANTIZE_STUDENT)
+        and cfg.MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0
+    ):
+        raise ValueError(
+            "MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0 with a full-precision teacher: the stride "
+            "is calibrated when a quantized teacher is finetuned (stride_calibration.py); set "
+            "MODEL.MIMIC.QUANT_STRIDE or MODEL.QUANTIZATION.STRIDE for this loss instead"
+        )
+    args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
     for key, name, value, unset in (
         ("stride", "STRIDE", float(m.QUANT_STRIDE), 0.0),
         ("method", "METHOD", m.QUANT_METHOD, ""),
@@ -188,10 +205,7 @@ def pin_teacher(output_dir: str, weights: str, resume: bool, allow_change: bool 
         elif pinned["path"] != current["path"]:
             logger.info(f"Teacher moved to {current['path']} (same size and sha256)")
     os.makedirs(output_dir, exist_ok=True)
-    tmp = pin_file + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(current, f, indent=2)
-    os.replace(tmp, pin_file)
+    atomic_write_text(pin_file, json.dumps(current, indent=2))
     logger.info(
         f"Teacher pinned: {current['path']} ({current['size']} bytes, sha256 {current['sha256']})"
     )
