@@ -48,7 +48,7 @@ def is_collapsed(scores: torch.Tensor) -> bool:
 
 
 def plateau_drop(loss_cls) -> float:
-    """Mean loss_cls over the last 50 iterations / mean over iterations 50-100 (the prior's level)."""
+    """Mean loss_cls of the last 50 iterations / of iterations 50-100 (the prior's plateau)."""
     return float(np.mean(loss_cls[-50:]) / np.mean(loss_cls[WARMUP : 2 * WARMUP]))
 
 
