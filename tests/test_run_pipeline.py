@@ -78,6 +78,29 @@ class TestAggregation(unittest.TestCase):
         self.assertIn("paper, real dataset", md)
         self.assertIn("71.3 / 55.4 / 23.8", md)
 
+    def test_overrides_make_rows_of_their_own(self):
+        def rec(stage, seed, v, opts=()):
+            return {"bench": "faces", "stage": stage, "seed": seed, "preset": "p", "device": "d",
+                    "metrics": {"widerface/AP_easy": v}, "overrides": list(opts)}  # fmt: skip
+
+        lam = ["MODEL.MIMIC.LOSS_WEIGHT", "0.1"]
+        recs = [rec("quant_mimic", k, v) for k, v in enumerate((0.0, 2.0))]
+        recs += [rec("quant_mimic", k, v, lam) for k, v in enumerate((90.0, 94.0))]
+        recs += [rec("quant_mimic", 0, 50.0, lam + ["MODEL.QUANTIZATION.STRIDE", "0.25"])]
+        agg = aggregate(recs, ("widerface/AP_easy",))
+        self.assertEqual(
+            list(agg),
+            [
+                "quant_mimic",
+                "quant_mimic (LOSS_WEIGHT 0.1)",
+                "quant_mimic (LOSS_WEIGHT 0.1, STRIDE 0.25)",
+            ],
+        )
+        self.assertEqual(agg["quant_mimic (LOSS_WEIGHT 0.1)"]["widerface/AP_easy"][:1], (92.0,))
+        md = results_markdown("faces", recs)
+        self.assertIn("| quant_mimic (LOSS_WEIGHT 0.1, STRIDE 0.25) | 1 | 50.00 |", md)
+        self.assertIn("| quant_mimic | 2 | 1.00 ± 1.41 |", md)
+
     def test_report_of_committed_results(self):
         recs = [
             {"bench": "faces", "stage": "scratch", "seed": k, "preset": "p", "device": "d",

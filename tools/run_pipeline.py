@@ -219,14 +219,26 @@ def mean_std(values: Sequence[float]):
     return statistics.fmean(values), std, len(values)
 
 
+def row_label(record: Dict) -> str:
+    """A table row: the stage, plus its overrides (last key component and value) when it has any."""
+    opts = list(record.get("overrides") or [])
+    pairs = [f"{k.split('.')[-1]} {v}" for k, v in zip(opts[::2], opts[1::2])]
+    return record["stage"] + (f" ({', '.join(pairs)})" if pairs else "")
+
+
 def aggregate(records: List[Dict], metrics: Sequence[str]) -> Dict[str, Dict[str, tuple]]:
-    """{stage: {metric: (mean, std, n)}} over the records (seeds) of each stage, in stage order."""
+    """
+    {row: {metric: (mean, std, n)}} over the records (seeds) of each row, in stage order. A row is a
+    stage with one set of overrides (:func:`row_label`): runs of a stage at another λ or stride
+    are rows of their own, never pooled.
+    """
     out = {}
     for stage in STAGES:
         rows = [r for r in records if r["stage"] == stage]
-        if rows:
-            out[stage] = {
-                m: mean_std([r["metrics"][m] for r in rows if m in r["metrics"]]) for m in metrics
+        for label in dict.fromkeys(row_label(r) for r in rows):
+            runs = [r for r in rows if row_label(r) == label]
+            out[label] = {
+                m: mean_std([r["metrics"][m] for r in runs if m in r["metrics"]]) for m in metrics
             }
     return out
 
@@ -235,6 +247,7 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     spec = BENCHES[bench]
     metrics = spec["metrics"]
     agg = aggregate(records, metrics)
+    stage_of = {row_label(r): r["stage"] for r in records}
     names = [m.split("/")[-1] for m in metrics]
     preset = records[0]["preset"] if records else ""
     device = records[0]["device"] if records else ""
@@ -245,13 +258,14 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
         "| stage | n | " + " | ".join(names) + " | paper, real dataset |",
         "|---|---|" + "---|" * len(names) + "---|",
     ]
-    for stage, stats in agg.items():
+    for label, stats in agg.items():
         n = max(s[2] for s in stats.values())
         cells = [
             ("–" if not s[2] else f"{s[0]:.2f}" if s[2] == 1 else f"{s[0]:.2f} ± {s[1]:.2f}")
             for s in stats.values()
         ]
-        lines.append(f"| {stage} | {n} | " + " | ".join(cells) + f" | {spec['paper'][stage]} |")
+        paper = spec["paper"][stage_of[label]]
+        lines.append(f"| {label} | {n} | " + " | ".join(cells) + f" | {paper} |")
     return "\n".join(lines) + "\n"
 
 
@@ -555,7 +569,18 @@ def _record(args, stage, seed, iters, wall, device, d) -> Dict:
         "device": device,
         "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
         "overrides": list(args.opts),
+        **_calibration_record(d),
     }
+
+
+def _calibration_record(d: str) -> Dict:
+    """The stride computed from the teacher's statistics, where the stage calibrated one (ours)."""
+    path = os.path.join(d, "stride_calibration.json")
+    if not os.path.isfile(path):
+        return {}
+    rec = _read_json(path)
+    keys = ("stride", "percentile", "levels", "percentile_value", "num_images")
+    return {"stride_calibration": {k: rec[k] for k in keys if k in rec}}
 
 
 def _load_records(path: str) -> List[Dict]:
