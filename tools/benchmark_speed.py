@@ -25,10 +25,8 @@ resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
 import torch
 
@@ -40,6 +38,7 @@ from quant_mimic.export import (
     StudentInference,
     export_onnx,
     export_torchscript,
+    median_ms,
     onnx_session,
     run_onnx,
 )
@@ -66,21 +65,6 @@ MODELS["ResNet18-1-16 Faster R-CNN, RPN test 1000/100"] = (
 STUDENTS = tuple(m for m in MODELS if "-1-32" in m or "-1-16" in m)
 RUNTIMES = ("pytorch", "torchscript", "onnxruntime")
 PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
-
-
-def median_ms(fn: Callable, runs: int, warmup: int, cuda: bool = False) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
 
 
 def backbone_gmacs(model, channels: int, height: int = 600, width: int = 1000) -> float:

@@ -218,8 +218,7 @@ class SafeCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         if filename in self._preloaded:
-            checkpoint = self._preloaded.pop(filename)
-            return checkpoint
+            return self._preloaded.pop(filename)
         return super()._load_file(filename)
 
     def _load_model(self, checkpoint):

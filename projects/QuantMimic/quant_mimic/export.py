@@ -14,8 +14,9 @@ ONNX / TorchScript contract (README, "Deploy"):
 import copy
 import logging
 import os
+import statistics
 import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ __all__ = [
     "run_onnx",
     "compare_detections",
     "parity_report",
+    "median_ms",
     "ONNX_OPSET",
 ]
 
@@ -116,15 +118,26 @@ class StudentInference(nn.Module):
         times = {}
         for name, enabled in (("onednn_ms", True), ("native_ms", False)):
             with torch.backends.mkldnn.flags(enabled=enabled):
-                self.model.backbone(x)  # warm-up
-                samples = []
-                for _ in range(runs):
-                    start = time.perf_counter()
-                    self.model.backbone(x)
-                    samples.append(1000 * (time.perf_counter() - start))
-            times[name] = sorted(samples)[len(samples) // 2]
+                times[name] = median_ms(lambda: self.model.backbone(x), runs=runs, warmup=1)
         self.onednn = times["onednn_ms"] <= times["native_ms"]
         return times
+
+
+def median_ms(fn: Callable, runs: int, warmup: int, cuda: bool = False) -> float:
+    """Median wall time of ``fn()`` in ms over ``runs`` calls after ``warmup`` untimed ones
+    (``cuda``: synchronize around each call)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
 
 
 def _traceable_len():
