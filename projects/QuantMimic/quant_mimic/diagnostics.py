@@ -22,6 +22,7 @@ __all__ = [
     "zero_fraction",
     "ste_zero_grad_fraction",
     "roi_mismatch_ratio",
+    "percentiles",
     "collect_mimic_statistics",
 ]
 
@@ -81,7 +82,9 @@ def roi_mismatch_ratio(
     return ((t - s).abs() > threshold).flatten(1).float().mean(dim=1)
 
 
-def _percentiles(values: torch.Tensor, ps: Sequence[float] = PERCENTILES) -> Dict[str, float]:
+def percentiles(values: torch.Tensor, ps: Sequence[float] = PERCENTILES) -> Dict[str, float]:
+    """{"p<p>": value} of the entries of ``values`` (any shape; an evenly spaced subsample of 2 M
+    entries above that size); {} when empty."""
     if values.numel() == 0:
         return {}
     v = values.flatten().double()
@@ -150,8 +153,8 @@ def collect_mimic_statistics(
         "quantize_teacher": model.quantize_teacher,
         "quantize_student": model.quantize_student,
         "mean_mismatch_ratio": float(ratio.mean()) if ratio.numel() else float("nan"),
-        "teacher_percentiles": _percentiles(f_t),
-        "student_percentiles": _percentiles(f_s),
+        "teacher_percentiles": percentiles(f_t),
+        "student_percentiles": percentiles(f_s),
         "teacher_zero_fraction": zero_fraction(f_t, model.quantizer),
         "student_zero_fraction": zero_fraction(f_s, model.quantizer),
         "ste_zero_grad_fraction": ste_zero_grad_fraction(f_t, f_s, **kw),

@@ -30,6 +30,7 @@ import torch
 from detectron2.utils import comm
 
 from .checkpoint import atomic_write_text
+from .diagnostics import percentiles
 
 __all__ = ["stride_from_statistics", "calibrate_stride", "apply_stride_calibration"]
 
@@ -58,11 +59,7 @@ def stride_from_statistics(features: torch.Tensor, percentile: float, levels: in
     x = x[torch.isfinite(x) & (x > 0)]
     if x.numel() == 0:
         raise ValueError("stride calibration: the features have no positive finite entry")
-    m = 2_000_000
-    if x.numel() > m:  # quantile on an evenly spaced subsample of the sorted values
-        x = x.sort().values[torch.arange(m, dtype=torch.int64) * (x.numel() - 1) // (m - 1)]
-    value = torch.quantile(x, percentile / 100.0).item()
-    return value / levels
+    return percentiles(x, (percentile,))[f"p{percentile:g}"] / levels
 
 
 @torch.no_grad()
