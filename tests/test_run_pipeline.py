@@ -13,11 +13,12 @@ from .common import REPO_ROOT
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 from run_pipeline import (  # noqa: E402
-    STAGES,
+    DEFAULT_STAGES,
     aggregate,
     dict_opts,
     mean_std,
     parse_args,
+    plan_stages,
     report,
     results_markdown,
 )
@@ -26,9 +27,9 @@ RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall
 RECORD_KEYS |= {"metrics", "overrides"}
 
 
-def _run(out, *extra):
+def _run(out, *extra, bench="faces", seeds=2):
     cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "run_pipeline.py")]
-    cmd += ["--bench", "faces", "--preset", "smoke", "--seeds", "2", "--out", out, *extra]
+    cmd += ["--bench", bench, "--preset", "smoke", "--seeds", str(seeds), "--out", out, *extra]
     # From another working directory: the tool must not depend on it.
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -122,6 +123,22 @@ class TestAggregation(unittest.TestCase):
         with self.assertRaises(SystemExit):
             parse_args(base + ["--stages", "nope"])
 
+    def test_plan_stages_generates_missing_data(self):
+        with tempfile.TemporaryDirectory() as d:
+            missing = os.path.join(d, "datasets", "synth", "widerface")
+            self.assertEqual(
+                plan_stages(["scratch", "teacher"], missing), ["data", "teacher", "scratch"]
+            )
+            self.assertEqual(plan_stages(None, missing), list(DEFAULT_STAGES))
+            os.makedirs(missing)
+            self.assertEqual(plan_stages(["scratch", "teacher"], missing), ["teacher", "scratch"])
+            self.assertEqual(plan_stages(["data"], missing), ["data"])
+            self.assertNotIn("scratch_quantized", DEFAULT_STAGES)  # Table 5: only when named
+            self.assertEqual(
+                plan_stages(["scratch_quantized", "scratch"], missing),
+                ["scratch", "scratch_quantized"],
+            )
+
     def test_dict_opts(self):
         self.assertEqual(
             dict_opts({"SOLVER.STEPS": [3, 4], "A": 0.5, "B": "x", "C": []}),
@@ -139,7 +156,7 @@ class TestSmokePipeline(unittest.TestCase):
             with open(os.path.join(out, "results.json")) as f:
                 records = json.load(f)
             expected = {("teacher", 0), ("teacher_quantized", 0)}
-            expected |= {(s, k) for s in STAGES[3:] for k in (0, 1)}
+            expected |= {(s, k) for s in DEFAULT_STAGES[3:] for k in (0, 1)}
             self.assertEqual({(r["stage"], r["seed"]) for r in records}, expected)
             for r in records:
                 self.assertEqual(set(r), RECORD_KEYS)
@@ -170,6 +187,30 @@ class TestSmokePipeline(unittest.TestCase):
                 self.assertEqual(changed, d.startswith("scratch"), d)
             with open(os.path.join(out, "results.json")) as f:
                 self.assertEqual(len(json.load(f)), 10)  # records of other stages are kept
+
+    def test_voc_end_to_end(self):
+        # The VOC bench through every default stage (its smoke data once failed to generate), and
+        # Table 5's optional control, asked for by name.
+        with tempfile.TemporaryDirectory() as out:
+            _run(out, bench="voc", seeds=1)
+            _run(out, "--stages", "scratch_quantized", bench="voc", seeds=1)
+            with open(os.path.join(out, "results.json")) as f:
+                records = json.load(f)
+            self.assertEqual(
+                [r["stage"] for r in records],
+                list(DEFAULT_STAGES[1:4]) + ["scratch_quantized", *DEFAULT_STAGES[4:]],
+            )
+            for r in records:
+                self.assertIn("bbox/AP50", r["metrics"], r["stage"])
+            with open(os.path.join(out, "mimic_statistics.json")) as f:
+                stats = json.load(f)
+            self.assertEqual(
+                sorted(stats),
+                ["mimic_seed0", "quant_mimic_seed0", "quant_mimic_teacher_only_seed0"],
+            )
+            self.assertEqual(stats["quant_mimic_seed0"]["quantize_student"], True)
+            with open(os.path.join(out, "scratch_quantized_seed0", "config.yaml")) as f:
+                self.assertIn("build_quantized_backbone", f.read())
 
 
 if __name__ == "__main__":

@@ -91,6 +91,20 @@ class TestSyntheticRoundTrip(unittest.TestCase):
             ).read()
             self.assertEqual(a, b)
 
+    def test_small_images_keep_every_object_inside(self):
+        # The smoke preset's 96×128 once drew 100 px glyphs that fit nowhere (a ValueError).
+        for h, w in ((96, 128), (48, 64), (24, 24)):
+            with tempfile.TemporaryDirectory() as d:
+                voc = generate_voc(os.path.join(d, "v"), 8, 2, seed=0, size=(h, w))
+                objs = [o for _, objects in voc["trainval"] + voc["test"] for o in objects]
+                self.assertGreater(len(objs), 0, (h, w))
+                for _, x0, y0, x1, y1, _ in objs:  # 1-based inclusive
+                    self.assertTrue(1 <= x0 <= x1 <= w and 1 <= y0 <= y1 <= h, (h, w, x0, y0))
+                faces = generate_faces(os.path.join(d, "f"), 4, 2, seed=0, size=(h, w))
+                for _, rows in faces["train"] + faces["val"]:
+                    for x, y, bw, bh, *_ in rows:
+                        self.assertTrue(0 <= x and x + bw <= w and 0 <= y and y + bh <= h)
+
     def test_single_id_split(self):
         with tempfile.TemporaryDirectory() as d:
             generate_voc(d, 1, 1, seed=3)

@@ -65,6 +65,9 @@ def _background(rng, texture: np.ndarray, h: int, w: int) -> np.ndarray:
 
 
 def _free_spot(rng, boxes: List[List[int]], s_h: int, s_w: int, h: int, w: int, tries: int = 30):
+    """Top-left (x, y) of an s_h × s_w box inside h × w overlapping no box; None if none found."""
+    if s_h > h or s_w > w:
+        return None
     for _ in range(tries):
         x, y = rng.randint(0, w - s_w + 1), rng.randint(0, h - s_h + 1)
         if all(
@@ -285,7 +288,9 @@ def generate_voc(out: str, num_train: int, num_val: int, seed: int = 0, size=(19
             objects, boxes = [], []
             for _ in range(rng.randint(1, 5)):
                 cls = int(rng.randint(len(VOC_CLASSES)))
-                mask = _glyph(rng, cls, int(np.exp(rng.uniform(np.log(10), np.log(100)))))
+                # Longest side log-uniform in [10, 100] px, at most 0.8 × the image's shorter side.
+                side = int(np.exp(rng.uniform(np.log(10), np.log(100))))
+                mask = _glyph(rng, cls, min(side, int(0.8 * min(h, w))))
                 mh, mw = mask.shape
                 spot = _free_spot(rng, boxes, mh, mw, h, w)
                 if spot is None:
