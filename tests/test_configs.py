@@ -47,6 +47,24 @@ class TestConfigValidation(unittest.TestCase):
             setup_cfg(f)
 
 
+class TestCommandLineNumbers(unittest.TestCase):
+    QM = os.path.join(os.path.dirname(__file__), "..", "configs", "Synth")
+
+    def test_integer_for_a_float_key(self):
+        # `MODEL.MIMIC.LOSS_WEIGHT 10` (Table 9's λ = 10) was a yacs type mismatch.
+        qm = os.path.join(self.QM, "faster_rcnn_R18-1-16_C4_quant_mimic.yaml")
+        cfg = setup_cfg(qm, ["MODEL.MIMIC.LOSS_WEIGHT", "10", "SOLVER.BASE_LR", 1])
+        self.assertEqual((cfg.MODEL.MIMIC.LOSS_WEIGHT, cfg.SOLVER.BASE_LR), (10.0, 1.0))
+        self.assertIsInstance(cfg.MODEL.MIMIC.LOSS_WEIGHT, float)
+        cfg = setup_cfg(qm, ["SOLVER.MAX_ITER", "7", "MODEL.MIMIC.LOSS_WEIGHT", "0.5"])
+        self.assertEqual((cfg.SOLVER.MAX_ITER, cfg.MODEL.MIMIC.LOSS_WEIGHT), (7, 0.5))
+        self.assertIsInstance(cfg.SOLVER.MAX_ITER, int)  # int keys stay int
+        with self.assertRaises(ValueError):  # other mismatches are still errors
+            setup_cfg(qm, ["MODEL.MIMIC.LOSS_WEIGHT", "True"])
+        with self.assertRaisesRegex(Exception, "NO_SUCH_KEY"):  # yacs: unknown keys fail
+            setup_cfg(qm, ["MODEL.MIMIC.NO_SUCH_KEY", "10"])
+
+
 class TestConfigKeys(unittest.TestCase):
     def test_every_new_key_is_commented(self):
         path = os.path.join(

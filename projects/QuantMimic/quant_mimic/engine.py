@@ -1,5 +1,6 @@
 """Training entry points: config setup and a ``DefaultTrainer`` for QuantMimic models."""
 
+import ast
 import contextlib
 import logging
 import os
@@ -31,6 +32,27 @@ __all__ = ["setup_cfg", "Trainer"]
 logger = logging.getLogger(__name__)
 
 
+def _ints_for_float_keys(cfg: CfgNode, opts) -> list:
+    """
+    ``opts`` (KEY VALUE ...) with an integer VALUE of a float-typed key written as a float:
+    ``MODEL.MIMIC.LOSS_WEIGHT 10`` means λ = 10.0 (yacs alone rejects it as a type mismatch).
+    """
+    out = list(opts)
+    for i in range(0, len(out) - 1, 2):
+        node = cfg
+        for part in str(out[i]).split("."):
+            node = node.get(part) if isinstance(node, CfgNode) else None
+        if not isinstance(node, float) or isinstance(out[i + 1], float):
+            continue
+        try:
+            value = ast.literal_eval(out[i + 1]) if isinstance(out[i + 1], str) else out[i + 1]
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[i + 1] = float(value)
+    return out
+
+
 def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     """
     Build a frozen config from detectron2's defaults, QuantMimic's keys, a yaml file and overrides.
@@ -44,7 +66,7 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     add_quantmimic_config(cfg)
     if config_file:
         cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
     teacher_cfg = resolve_teacher_config_path(config_file, opts)
     if teacher_cfg is not None:  # relative to the yaml that names it, like _BASE_
         cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg

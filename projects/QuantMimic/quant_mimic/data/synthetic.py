@@ -14,7 +14,8 @@ Faces under 8 px are written with ``invalid = 1`` (kept in the files, out of tra
 every keep list), like WIDER's unlabelable faces.
 
 voc: six classes of real glyphs (the digits 0-5 in OpenCV's Hershey fonts, varied font, stroke and
-colour) on colour photographs shipped with scikit-image; objects under 14 px are ``difficult``.
+colour), 10-100 px on their longest side (log-uniform, at most 0.8 × the image's shorter side), on
+colour photographs shipped with scikit-image; objects under 14 px are ``difficult``.
 
 Output is deterministic for a given seed.
 """
