@@ -335,10 +335,15 @@ def plot_learning_curves(bench: str, out: str, path: str) -> bool:
     curves = {d: c for d, c in curves.items() if len(c[0]) > 1}
     if not curves:
         return False
+    stages = list(dict.fromkeys(d.rsplit("_seed", 1)[0] for d in curves))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, m, j in zip(axes[0], metrics, range(len(metrics))):
-        for d, c in curves.items():
-            ax.plot([p[0] for p in c[j]], [p[1] for p in c[j]], marker="o", label=d)
+        for d, c in curves.items():  # one colour per stage, one line style per seed
+            stage, _, seed = d.partition("_seed")
+            style = ("-", "--", ":", "-.")[int(seed) % 4 if seed.isdigit() else 0]
+            color = f"C{stages.index(stage) % 10}"
+            xy = ([p[0] for p in c[j]], [p[1] for p in c[j]])
+            ax.plot(*xy, marker="o", markersize=3, color=color, linestyle=style, label=d)
         ax.set_xlabel("iteration")
         ax.set_ylabel(m)
         ax.legend(fontsize=7)
