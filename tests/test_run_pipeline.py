@@ -14,13 +14,17 @@ from .common import REPO_ROOT
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 from run_pipeline import (  # noqa: E402
     DEFAULT_STAGES,
+    STAGES,
     aggregate,
+    data_root,
     dict_opts,
     mean_std,
     parse_args,
     plan_stages,
     report,
     results_markdown,
+    split_run_name,
+    stage_dir,
 )
 
 RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
@@ -138,6 +142,18 @@ class TestAggregation(unittest.TestCase):
                 plan_stages(["scratch_quantized", "scratch"], missing),
                 ["scratch", "scratch_quantized"],
             )
+
+    def test_run_names_and_data_root(self):
+        for stage in STAGES:  # a folder name reads back as the stage and seed that made it
+            for seed in (None, 0, 12):
+                name = os.path.basename(stage_dir("/x", stage, seed))
+                self.assertEqual(split_run_name(name), (stage, seed))
+        self.assertEqual(split_run_name("mimic_seedling"), ("mimic_seedling", None))
+        # where the data stage writes is where the dataset registration (root DIR/datasets) reads
+        self.assertEqual(
+            data_root("faces", "/r"), os.path.join("/r", "datasets", "synth", "widerface")
+        )
+        self.assertEqual(data_root("voc", "/r"), os.path.join("/r", "datasets", "synth", "VOC2007"))
 
     def test_dict_opts(self):
         self.assertEqual(

@@ -37,7 +37,7 @@ import os
 import statistics
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
@@ -165,6 +165,15 @@ def stage_kind(stage: str) -> str:
 
 def stage_dir(out: str, stage: str, seed: Optional[int]) -> str:
     return os.path.join(out, stage if seed is None else f"{stage}_seed{seed}")
+
+
+def split_run_name(name: str) -> Tuple[str, Optional[int]]:
+    """A stage run folder's name as (stage, seed): ``"mimic_seed2"`` -> ("mimic", 2); the inverse of
+    :func:`stage_dir`; a teacher stage's folder has no seed: ``"teacher"`` -> ("teacher", None)."""
+    stage, sep, seed = name.rpartition("_seed")
+    if sep and seed.isdigit():
+        return stage, int(seed)
+    return name, None
 
 
 def stage_opts(
@@ -335,12 +344,13 @@ def plot_learning_curves(bench: str, out: str, path: str) -> bool:
     curves = {d: c for d, c in curves.items() if len(c[0]) > 1}
     if not curves:
         return False
-    stages = list(dict.fromkeys(d.rsplit("_seed", 1)[0] for d in curves))
+    names = {d: split_run_name(d) for d in curves}
+    stages = list(dict.fromkeys(stage for stage, _ in names.values()))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), squeeze=False)
     for ax, m, j in zip(axes[0], metrics, range(len(metrics))):
         for d, c in curves.items():  # one colour per stage, one line style per seed
-            stage, _, seed = d.partition("_seed")
-            style = ("-", "--", ":", "-.")[int(seed) % 4 if seed.isdigit() else 0]
+            stage, seed = names[d]
+            style = ("-", "--", ":", "-.")[(seed or 0) % 4]
             color = f"C{stages.index(stage) % 10}"
             xy = ([p[0] for p in c[j]], [p[1] for p in c[j]])
             ax.plot(*xy, marker="o", markersize=3, color=color, linestyle=style, label=d)
@@ -431,10 +441,16 @@ def _write_atomic(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def data_root(bench: str, out: str) -> str:
+    """The benchmark's synthetic data folder under run folder ``out`` (``DETECTRON2_DATASETS``
+    is ``out/datasets``)."""
+    return os.path.join(out, "datasets", BENCHES[bench]["data_dir"])
+
+
 def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:
     from quant_mimic.data.synthetic import generate_faces, generate_voc
 
-    root = os.path.join(out, "datasets", BENCHES[bench]["data_dir"])
+    root = data_root(bench, out)
     if os.path.isdir(root) and not force:
         return f"skip: {root} exists"
     d = dict(preset.get("data") or {})
@@ -527,7 +543,7 @@ def run(args) -> List[Dict]:
     from quant_mimic.data import register_all_quantmimic_datasets
 
     register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
-    stages = plan_stages(args.stages, os.path.join(out, "datasets", BENCHES[bench]["data_dir"]))
+    stages = plan_stages(args.stages, data_root(bench, out))
     seeds = list(range(args.seeds))
     runs = []
     for stage in stages:
