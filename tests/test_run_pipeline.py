@@ -16,6 +16,7 @@ from run_pipeline import (  # noqa: E402
     DEFAULT_STAGES,
     STAGES,
     aggregate,
+    compare_markdown,
     data_root,
     dict_opts,
     mean_std,
@@ -25,6 +26,7 @@ from run_pipeline import (  # noqa: E402
     results_markdown,
     split_run_name,
     stage_dir,
+    welch,
 )
 
 RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
@@ -154,6 +156,47 @@ class TestAggregation(unittest.TestCase):
             data_root("faces", "/r"), os.path.join("/r", "datasets", "synth", "widerface")
         )
         self.assertEqual(data_root("voc", "/r"), os.path.join("/r", "datasets", "synth", "VOC2007"))
+
+    def test_welch_comparison(self):
+        def rec(stage, seed, ap50, bench="voc", opts=()):
+            return {
+                "bench": bench,
+                "stage": stage,
+                "seed": seed,
+                "overrides": list(opts),
+                "metrics": {"bbox/AP50": ap50},
+            }
+
+        # by hand: means 2 and 5, variances 1 and 1, t = -3 / sqrt(2/3) = -3.674, df = 4, p = 0.0213
+        t, p = welch([1, 2, 3], [4, 5, 6])
+        self.assertAlmostEqual(t, -3.674, places=3)
+        self.assertAlmostEqual(p, 0.0213, places=4)
+        self.assertTrue(all(x != x for x in welch([1], [4, 5, 6])))  # nan below 2 runs
+        lam = ("MODEL.MIMIC.LOSS_WEIGHT", "10.0")
+        records = [rec("mimic", k, v) for k, v in enumerate((1, 2, 3))]
+        records += [rec("quant_mimic", k, v) for k, v in enumerate((4, 5, 6))]
+        records += [rec("quant_mimic", k, v, opts=lam) for k, v in enumerate((1.5, 2.5, 2.2))]
+        records += [rec("scratch", k, v) for k, v in enumerate((0.0, 9.0))]
+        rows = compare_markdown(
+            records,
+            [
+                ("mimic", "quant_mimic"),
+                ("quant_mimic (LOSS_WEIGHT 10.0)", "mimic"),
+                ("quant_mimic", "scratch"),
+            ],
+        ).splitlines()[4:]
+        self.assertEqual(len(rows), 3)  # one metric (AP50) per pair
+        self.assertIn("| -3.00 | -3.67 | 0.021 | B higher |", rows[0])
+        self.assertTrue(rows[1].endswith("| no difference |"), rows[1])
+        self.assertTrue(rows[2].endswith("| no claim (n < 3) |"), rows[2])  # scratch has 2 runs
+        with self.assertRaisesRegex(ValueError, "no row 'nope'"):
+            compare_markdown(records, [("mimic", "nope")])
+        with self.assertRaisesRegex(ValueError, "different benchmarks"):
+            compare_markdown(
+                records + [rec("teacher", 0, 1.0, bench="faces")], [("mimic", "teacher")]
+            )
+        with self.assertRaises(SystemExit):  # --compare only reads results files
+            parse_args(["--bench", "voc", "--preset", "cpu", "--out", "x", "--compare", "a", "b"])
 
     def test_dict_opts(self):
         self.assertEqual(

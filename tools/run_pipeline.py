@@ -287,6 +287,62 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def welch(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
+    """Welch's t-test of two samples (seeds of two rows): (t, two-sided p); nan below 2 runs a side
+    or when both samples are constant."""
+    if len(a) < 2 or len(b) < 2:
+        return float("nan"), float("nan")
+    from scipy import stats
+
+    t, p = stats.ttest_ind(list(a), list(b), equal_var=False)
+    return float(t), float(p)
+
+
+def compare_markdown(
+    records: List[Dict], pairs: Sequence[Sequence[str]], alpha: float = 0.05, min_n: int = 3
+) -> str:
+    """
+    Row A against row B (labels of :func:`row_label`) on every metric of their benchmark: means,
+    difference, Welch's t and p over the seeds, and the verdict this project's README uses: a
+    difference counts only with ``min_n`` runs or more a side and p < ``alpha``; otherwise "no
+    difference" (enough runs, p ≥ alpha) or "no claim" (too few runs).
+    """
+    labels = {row_label(r) for r in records}
+    lines = [
+        f"Welch's t-test over seeds; a difference counts with n ≥ {min_n} a side and p < {alpha}.",
+        "",
+        "| A | B | metric | A mean (n) | B mean (n) | A − B | t | p | verdict |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a, b in pairs:
+        missing = [x for x in (a, b) if x not in labels]
+        if missing:
+            raise ValueError(f"no row {missing[0]!r}; rows: {sorted(labels)}")
+        runs = {x: [r for r in records if row_label(r) == x] for x in (a, b)}
+        bench = runs[a][0]["bench"]
+        if runs[b][0]["bench"] != bench:
+            raise ValueError(f"{a!r} and {b!r} are rows of different benchmarks")
+        for m in BENCHES[bench]["metrics"]:
+            va, vb = ([r["metrics"][m] for r in runs[x] if m in r["metrics"]] for x in (a, b))
+            if not va or not vb:
+                continue
+            t, pv = welch(va, vb)
+            diff = statistics.fmean(va) - statistics.fmean(vb)
+            if min(len(va), len(vb)) < min_n:
+                verdict = f"no claim (n < {min_n})"
+            elif pv < alpha:
+                verdict = "A higher" if diff > 0 else "B higher"
+            else:
+                verdict = "no difference"
+            lines.append(
+                f"| {a} | {b} | {m.split('/')[-1]} | {statistics.fmean(va):.2f} ({len(va)}) | "
+                f"{statistics.fmean(vb):.2f} ({len(vb)}) | {diff:+.2f} | {t:.2f} | "
+                f"{'< 0.001' if pv < 0.001 else f'{pv:.3f}'} | "
+                f"{verdict} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
 def plot_results(bench: str, records: List[Dict], path: str) -> None:
     import matplotlib
 
@@ -680,11 +736,13 @@ def _mismatch(args, bench: str, preset: Dict, out: str) -> None:
         )
 
 
-def report(paths: Sequence[str]) -> str:
-    """The results.md table of committed ``results.json`` files (README tables are made so)."""
+def report(paths: Sequence[str], compare: Sequence[Sequence[str]] = ()) -> str:
+    """The results.md table of committed ``results.json`` files (README tables are made so), and
+    the Welch comparison of each ``compare`` pair of rows (:func:`compare_markdown`)."""
     records = [r for path in paths for r in _read_json(path)]
     benches = sorted({r["bench"] for r in records})
-    return "\n".join(results_markdown(b, [r for r in records if r["bench"] == b]) for b in benches)
+    text = "\n".join(results_markdown(b, [r for r in records if r["bench"] == b]) for b in benches)
+    return text + ("\n" + compare_markdown(records, compare) if compare else "")
 
 
 def parse_args(argv=None):
@@ -694,6 +752,15 @@ def parse_args(argv=None):
         nargs="+",
         metavar="RESULTS_JSON",
         help="only print the table of these results.json files (no training)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ROW_A", "ROW_B"),
+        help="with --report: Welch's t-test of two rows, labelled as in the table "
+        "(e.g. 'quant_mimic' 'mimic'); repeatable",
     )
     p.add_argument("--bench", choices=sorted(BENCHES))
     p.add_argument("--preset", help="smoke | cpu | gpu, or a preset yaml file")
@@ -710,6 +777,8 @@ def parse_args(argv=None):
     p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
     args = p.parse_args(argv)
+    if args.compare and not args.report:
+        p.error("--compare needs --report")
     if args.report:
         return args
     for name in ("bench", "preset", "out"):
@@ -731,7 +800,11 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.report:
-        print(report(args.report))
+        try:
+            print(report(args.report, args.compare))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     else:
         run(args)
     return 0
