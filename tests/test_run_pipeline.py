@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 import unittest
+from unittest import mock
 
 import pytest
 
@@ -197,6 +198,58 @@ class TestAggregation(unittest.TestCase):
             )
         with self.assertRaises(SystemExit):  # --compare only reads results files
             parse_args(["--bench", "voc", "--preset", "cpu", "--out", "x", "--compare", "a", "b"])
+
+    def test_diverged_student_is_recorded(self):
+        import run_pipeline as rp
+
+        calls = []
+
+        def fake_train(cfg_file, opts, num_gpus, fail=FloatingPointError):
+            kv = dict(zip(opts[::2], opts[1::2]))
+            d, seed = kv["OUTPUT_DIR"], int(kv["SEED"])
+            calls.append(seed)
+            os.makedirs(d, exist_ok=True)
+            with open(os.path.join(d, "metrics.json"), "w") as f:
+                f.write('{"iteration": 76, "total_loss": 1e9}\n{"iteration": 77}\n')
+            if seed == 0:  # detectron2's guard, as a worker raises it
+                raise fail("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+            open(os.path.join(d, "model_final.pth"), "wb").close()
+            with open(os.path.join(d, "final_metrics.json"), "w") as f:
+                json.dump({"widerface/AP_easy": 50.0 + seed}, f)
+
+        with tempfile.TemporaryDirectory() as out:
+            argv = ["--bench", "faces", "--preset", "smoke", "--seeds", "3", "--out", out]
+            argv += ["--no-mismatch", "--stages", "scratch", "MODEL.MIMIC.LOSS_WEIGHT", "10.0"]
+            with mock.patch.object(rp, "train_stage", fake_train):
+                recs = rp.run(parse_args(argv))  # seed 0 diverges; seeds 1, 2 still run
+                self.assertEqual(calls, [0, 1, 2])
+                bad = [r for r in recs if r.get("diverged")]
+                self.assertEqual(len(bad), 1)
+                self.assertEqual((bad[0]["seed"], bad[0]["metrics"]), (0, {}))
+                self.assertEqual(bad[0]["diverged_at_iter"], 78)
+                self.assertIn("Training has diverged", bad[0]["error"])
+                table = open(os.path.join(out, "results.md")).read()
+                self.assertIn(
+                    "| scratch (LOSS_WEIGHT 10.0) | 2 (+1 diverged) | 51.50 ± 0.71 |", table
+                )
+                saved = json.load(open(os.path.join(out, "results.json")))
+                self.assertEqual(sorted(r["seed"] for r in saved if r.get("diverged")), [0])
+                # resume: the diverged run is not retried and keeps its record; --force retries
+                recs = rp.run(parse_args(argv))
+                self.assertEqual(
+                    (calls, sum(bool(r.get("diverged")) for r in recs)), ([0, 1, 2], 1)
+                )
+                rp.run(parse_args(argv + ["--force"]))
+                self.assertEqual(calls[3:], [0, 1, 2])
+                # other failures, and a teacher's divergence, stop the pipeline
+                argv_t = argv[:-4] + ["--stages", "teacher"]
+                with self.assertRaises(FloatingPointError):
+                    rp.run(parse_args(argv_t))
+            with (
+                mock.patch.object(rp, "train_stage", lambda *a: fake_train(*a, fail=RuntimeError)),
+                self.assertRaises(RuntimeError),
+            ):
+                rp.run(parse_args(argv + ["--force"]))
 
     def test_dict_opts(self):
         self.assertEqual(

@@ -271,13 +271,16 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     device = records[0]["device"] if records else ""
     lines = [
         f"Synthetic {bench} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
-        "seeds; a single run shows its value alone (teacher stages run once).",
+        "seeds; a single run shows its value alone (teacher stages run once); runs that diverged "
+        "(Inf/NaN) have no metrics and are counted apart.",
         "",
         "| stage | n | " + " | ".join(names) + " | paper, real dataset |",
         "|---|---|" + "---|" * len(names) + "---|",
     ]
     for label, stats in agg.items():
         n = max(s[2] for s in stats.values())
+        bad = sum(1 for r in records if row_label(r) == label and r.get("diverged"))
+        n = f"{n} (+{bad} diverged)" if bad else n
         cells = [
             ("–" if not s[2] else f"{s[0]:.2f}" if s[2] == 1 else f"{s[0]:.2f} ± {s[1]:.2f}")
             for s in stats.values()
@@ -325,6 +328,7 @@ def compare_markdown(
         for m in BENCHES[bench]["metrics"]:
             va, vb = ([r["metrics"][m] for r in runs[x] if m in r["metrics"]] for x in (a, b))
             if not va or not vb:
+                lines.append(f"| {a} | {b} | {m.split('/')[-1]} | – | – | – | – | – | no runs |")
                 continue
             t, pv = welch(va, vb)
             diff = statistics.fmean(va) - statistics.fmean(vb)
@@ -620,6 +624,11 @@ def run(args) -> List[Dict]:
             print(f"{label}: {generate_data(bench, preset, out, args.force)}", flush=True)
             continue
         d = stage_dir(out, stage, seed)
+        if os.path.isfile(os.path.join(d, DIVERGED)) and not args.force:
+            print(f"{label}: skip, diverged ({d}/{DIVERGED}; --force to retry)", flush=True)
+            if (stage, seed) not in records:
+                records[(stage, seed)] = _diverged_record(args, stage, seed, iters, device, d)
+            continue
         if _is_done(d) and not args.force:
             print(f"{label}: skip, done ({d})", flush=True)
             if (stage, seed) not in records:  # finished, but recorded by no earlier invocation
@@ -634,7 +643,15 @@ def run(args) -> List[Dict]:
         print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
         opts = stage_opts(bench, preset, out, stage, seed, args.opts)
         start = time.time()
-        train_stage(config_file(bench, stage), opts, args.num_gpus)
+        try:
+            train_stage(config_file(bench, stage), opts, args.num_gpus)
+        except Exception as e:  # a student's NaN is a result (recorded); anything else is a bug
+            if stage in TEACHER_STAGES or not _is_divergence(e):
+                raise
+            records[(stage, seed)] = _diverged_record(args, stage, seed, iters, device, d, e)
+            _save(out, bench, list(records.values()))
+            print(f"{label}: DIVERGED at iteration {_last_iteration(d)} (recorded)", flush=True)
+            continue
         wall = time.time() - start
         progress.record(stage, iters, wall)
         records[(stage, seed)] = _record(args, stage, seed, iters, wall, device, d)
@@ -645,6 +662,9 @@ def run(args) -> List[Dict]:
         )
         print(f"{label}: done in {_fmt_s(wall)}: {main}", flush=True)
     recs = list(records.values())
+    diverged = [f"{r['stage']} seed {r['seed']}" for r in recs if r.get("diverged")]
+    if diverged:
+        print(f"{len(diverged)} run(s) diverged, recorded without metrics: {diverged}", flush=True)
     if recs:
         _save(out, bench, recs)
         if not args.no_mismatch:
@@ -668,6 +688,55 @@ def _record(args, stage, seed, iters, wall, device, d) -> Dict:
         "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
         "overrides": list(args.opts),
         **_calibration_record(d),
+    }
+
+
+DIVERGED = "DIVERGED"  # marker file in a stage folder whose training went to Inf/NaN
+
+
+def _is_divergence(e: BaseException) -> bool:
+    """detectron2's NaN/Inf guards raise FloatingPointError (a worker's arrives wrapped by
+    torch.multiprocessing, its traceback in the message)."""
+    return isinstance(e, FloatingPointError) or "FloatingPointError" in str(e)
+
+
+def _last_iteration(d: str) -> Optional[int]:
+    """The last iteration the stage logged to ``metrics.json`` (1-based), None if it logged none."""
+    last = None
+    path = os.path.join(d, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    last = int(json.loads(line)["iteration"]) + 1
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+    return last
+
+
+def _diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
+    """The record of a student run that went to Inf/NaN: no metrics, ``diverged`` true, the last
+    iteration it logged and detectron2's message; a ``DIVERGED`` marker keeps resume from retrying
+    it (``--force`` does)."""
+    marker = os.path.join(d, DIVERGED)
+    if error is not None:
+        os.makedirs(d, exist_ok=True)
+        _write_atomic(marker, str(error).strip().splitlines()[-1] + "\n")
+    message = open(marker).read().strip() if os.path.isfile(marker) else ""
+    return {
+        "bench": args.bench,
+        "preset": args.preset,
+        "stage": stage,
+        "config": os.path.relpath(config_file(args.bench, stage), REPO_ROOT),
+        "seed": seed if seed is not None else 0,
+        "iterations": iters,
+        "wall_s": None,
+        "device": device,
+        "metrics": {},
+        "overrides": list(args.opts),
+        "diverged": True,
+        "diverged_at_iter": _last_iteration(d),
+        "error": message,
     }
 
 
