@@ -190,6 +190,9 @@ class TestAggregation(unittest.TestCase):
         self.assertIn("| -3.00 | -3.67 | 0.021 | B higher |", rows[0])
         self.assertTrue(rows[1].endswith("| no difference |"), rows[1])
         self.assertTrue(rows[2].endswith("| no claim (n < 3) |"), rows[2])  # scratch has 2 runs
+        dead = dict(rec("mimic", 0, 0.0, opts=lam), metrics={}, diverged=True)
+        rows = compare_markdown(records + [dead], [("mimic (LOSS_WEIGHT 10.0)", "mimic")])
+        self.assertTrue(rows.rstrip().endswith("| no runs |"), rows)
         with self.assertRaisesRegex(ValueError, "no row 'nope'"):
             compare_markdown(records, [("mimic", "nope")])
         with self.assertRaisesRegex(ValueError, "different benchmarks"):

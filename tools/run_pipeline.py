@@ -327,7 +327,9 @@ def compare_markdown(
             raise ValueError(f"{a!r} and {b!r} are rows of different benchmarks")
         for m in BENCHES[bench]["metrics"]:
             va, vb = ([r["metrics"][m] for r in runs[x] if m in r["metrics"]] for x in (a, b))
-            if not va or not vb:
+            if not va and not vb:  # a metric neither row reports
+                continue
+            if not va or not vb:  # one row has no run with metrics (all diverged)
                 lines.append(f"| {a} | {b} | {m.split('/')[-1]} | – | – | – | – | – | no runs |")
                 continue
             t, pv = welch(va, vb)
