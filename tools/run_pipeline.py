@@ -676,8 +676,9 @@ def run(args) -> List[Dict]:
     return recs
 
 
-def _record(args, stage, seed, iters, wall, device, d) -> Dict:
-    """One results.json record; ``wall`` is None for a finished stage found without a record."""
+def _record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict:
+    """One results.json record; ``wall`` is None for a finished stage found without a record;
+    ``metrics`` (default: the stage's ``final_metrics.json``) is {} for a diverged run."""
     return {
         "bench": args.bench,
         "preset": args.preset,
@@ -687,7 +688,7 @@ def _record(args, stage, seed, iters, wall, device, d) -> Dict:
         "iterations": iters,
         "wall_s": round(wall, 1) if wall is not None else None,
         "device": device,
-        "metrics": _read_json(os.path.join(d, FINAL_METRICS)),
+        "metrics": _read_json(os.path.join(d, FINAL_METRICS)) if metrics is None else metrics,
         "overrides": list(args.opts),
         **_calibration_record(d),
     }
@@ -725,21 +726,8 @@ def _diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
         os.makedirs(d, exist_ok=True)
         _write_atomic(marker, str(error).strip().splitlines()[-1] + "\n")
     message = open(marker).read().strip() if os.path.isfile(marker) else ""
-    return {
-        "bench": args.bench,
-        "preset": args.preset,
-        "stage": stage,
-        "config": os.path.relpath(config_file(args.bench, stage), REPO_ROOT),
-        "seed": seed if seed is not None else 0,
-        "iterations": iters,
-        "wall_s": None,
-        "device": device,
-        "metrics": {},
-        "overrides": list(args.opts),
-        "diverged": True,
-        "diverged_at_iter": _last_iteration(d),
-        "error": message,
-    }
+    record = _record(args, stage, seed, iters, None, device, d, metrics={})
+    return dict(record, diverged=True, diverged_at_iter=_last_iteration(d), error=message)
 
 
 def _calibration_record(d: str) -> Dict:
