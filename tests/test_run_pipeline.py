@@ -214,8 +214,8 @@ class TestAggregation(unittest.TestCase):
             os.makedirs(d, exist_ok=True)
             with open(os.path.join(d, "metrics.json"), "w") as f:
                 f.write('{"iteration": 76, "total_loss": 1e9}\n{"iteration": 77}\n')
-            if seed == 0:  # detectron2's guard, as a worker raises it
-                raise fail("Predicted boxes or scores contain Inf/NaN. Training has diverged.")
+            if seed == 0:  # detectron2's guard (SimpleTrainer's message has a loss_dict line)
+                raise fail("Loss became infinite or NaN at iteration=77!\nloss_dict = {'a': inf}")
             open(os.path.join(d, "model_final.pth"), "wb").close()
             with open(os.path.join(d, "final_metrics.json"), "w") as f:
                 json.dump({"widerface/AP_easy": 50.0 + seed}, f)
@@ -230,7 +230,14 @@ class TestAggregation(unittest.TestCase):
                 self.assertEqual(len(bad), 1)
                 self.assertEqual((bad[0]["seed"], bad[0]["metrics"]), (0, {}))
                 self.assertEqual(bad[0]["diverged_at_iter"], 78)
-                self.assertIn("Training has diverged", bad[0]["error"])
+                self.assertEqual(
+                    bad[0]["error"],
+                    "FloatingPointError: Loss became infinite or NaN at iteration=77!",
+                )
+                self.assertEqual(  # a worker's exception arrives as a traceback text
+                    rp._divergence_message(RuntimeError("Traceback ...\nFloatingPointError: x\ny")),
+                    "FloatingPointError: x",
+                )
                 table = open(os.path.join(out, "results.md")).read()
                 self.assertIn(
                     "| scratch (LOSS_WEIGHT 10.0) | 2 (+1 diverged) | 51.50 ± 0.71 |", table

@@ -703,6 +703,15 @@ def _is_divergence(e: BaseException) -> bool:
     return isinstance(e, FloatingPointError) or "FloatingPointError" in str(e)
 
 
+def _divergence_message(e: BaseException) -> str:
+    """The guard's first line, e.g. "FloatingPointError: Loss became infinite or NaN at
+    iteration=92!" (its loss_dict line and a worker's traceback left out)."""
+    text = str(e)
+    key = "FloatingPointError: "
+    text = text[text.rindex(key) :] if key in text else f"{type(e).__name__}: {text}"
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
 def _last_iteration(d: str) -> Optional[int]:
     """The last iteration the stage logged to ``metrics.json`` (1-based), None if it logged none."""
     last = None
@@ -724,7 +733,7 @@ def _diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
     marker = os.path.join(d, DIVERGED)
     if error is not None:
         os.makedirs(d, exist_ok=True)
-        _write_atomic(marker, str(error).strip().splitlines()[-1] + "\n")
+        _write_atomic(marker, _divergence_message(error) + "\n")
     message = open(marker).read().strip() if os.path.isfile(marker) else ""
     record = _record(args, stage, seed, iters, None, device, d, metrics={})
     return dict(record, diverged=True, diverged_at_iter=_last_iteration(d), error=message)
