@@ -33,9 +33,18 @@ SIZES = ((192, 256), (96, 128))
 
 
 def _randomise_bn(model):
-    """Non-trivial BN statistics, so that folding is really exercised."""
+    """
+    Non-trivial BN statistics, so that folding is really exercised, and score layers as spread as
+    a trained model's: detectron2 initialises the RPN objectness and class-score layers with
+    std 0.01 (near-equal logits), and near ties in the RPN's top-k and NMS are resolved differently
+    by runtimes whose arithmetic differs in the last bit, which a parity check must not mistake
+    for a bug.
+    """
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
+        for name, m in model.named_modules():
+            if name.endswith(("objectness_logits", "cls_score")) and hasattr(m, "weight"):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.5)
         for m in model.modules():
             if hasattr(m, "running_var") and m.running_var is not None:
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)

@@ -1,4 +1,5 @@
-"""tools/run_pipeline.py: the smoke preset end to end, resume/skip/force, and the aggregation."""
+"""quant_mimic.pipeline (tools/run_pipeline.py): smoke preset end to end, resume/skip/force,
+aggregation, the ETA, the results figure."""
 
 import json
 import os
@@ -10,10 +11,8 @@ from unittest import mock
 
 import pytest
 
-from .common import REPO_ROOT
-
-sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-from run_pipeline import (  # noqa: E402
+from quant_mimic import pipeline
+from quant_mimic.pipeline import (
     DEFAULT_STAGES,
     STAGES,
     aggregate,
@@ -29,6 +28,11 @@ from run_pipeline import (  # noqa: E402
     stage_dir,
     welch,
 )
+from quant_mimic.pipeline.plots import plot_results
+from quant_mimic.pipeline.progress import Progress, logged_rate
+from quant_mimic.pipeline.records import divergence_message
+
+from .common import REPO_ROOT
 
 RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
 RECORD_KEYS |= {"metrics", "overrides"}
@@ -203,8 +207,6 @@ class TestAggregation(unittest.TestCase):
             parse_args(["--bench", "voc", "--preset", "cpu", "--out", "x", "--compare", "a", "b"])
 
     def test_diverged_student_is_recorded(self):
-        import run_pipeline as rp
-
         calls = []
 
         def fake_train(cfg_file, opts, num_gpus, fail=FloatingPointError):
@@ -223,43 +225,121 @@ class TestAggregation(unittest.TestCase):
         with tempfile.TemporaryDirectory() as out:
             argv = ["--bench", "faces", "--preset", "smoke", "--seeds", "3", "--out", out]
             argv += ["--no-mismatch", "--stages", "scratch", "MODEL.MIMIC.LOSS_WEIGHT", "10.0"]
-            with mock.patch.object(rp, "train_stage", fake_train):
-                recs = rp.run(parse_args(argv))  # seed 0 diverges; seeds 1, 2 still run
-                self.assertEqual(calls, [0, 1, 2])
-                bad = [r for r in recs if r.get("diverged")]
-                self.assertEqual(len(bad), 1)
-                self.assertEqual((bad[0]["seed"], bad[0]["metrics"]), (0, {}))
-                self.assertEqual(bad[0]["diverged_at_iter"], 78)
-                self.assertEqual(
-                    bad[0]["error"],
-                    "FloatingPointError: Loss became infinite or NaN at iteration=77!",
+            recs = pipeline.run(parse_args(argv), train=fake_train)  # seed 0 diverges; 1, 2 run
+            self.assertEqual(calls, [0, 1, 2])
+            bad = [r for r in recs if r.get("diverged")]
+            self.assertEqual(len(bad), 1)
+            self.assertEqual((bad[0]["seed"], bad[0]["metrics"]), (0, {}))
+            self.assertEqual(bad[0]["diverged_at_iter"], 78)
+            self.assertEqual(
+                bad[0]["error"],
+                "FloatingPointError: Loss became infinite or NaN at iteration=77!",
+            )
+            self.assertEqual(  # a worker's exception arrives as a traceback text
+                divergence_message(RuntimeError("Traceback ...\nFloatingPointError: x\ny")),
+                "FloatingPointError: x",
+            )
+            table = open(os.path.join(out, "results.md")).read()
+            self.assertIn("| scratch (LOSS_WEIGHT 10.0) | 2 (+1 diverged) | 51.50 ± 0.71 |", table)
+            saved = json.load(open(os.path.join(out, "results.json")))
+            self.assertEqual(sorted(r["seed"] for r in saved if r.get("diverged")), [0])
+            # resume: the diverged run is not retried and keeps its record; --force retries
+            recs = pipeline.run(parse_args(argv), train=fake_train)
+            self.assertEqual((calls, sum(bool(r.get("diverged")) for r in recs)), ([0, 1, 2], 1))
+            pipeline.run(parse_args(argv + ["--force"]), train=fake_train)
+            self.assertEqual(calls[3:], [0, 1, 2])
+            # other failures, and a teacher's divergence, stop the pipeline
+            argv_t = argv[:-4] + ["--stages", "teacher"]
+            with self.assertRaises(FloatingPointError):
+                pipeline.run(parse_args(argv_t), train=fake_train)
+            with self.assertRaises(RuntimeError):
+                pipeline.run(
+                    parse_args(argv + ["--force"]),
+                    train=lambda *a: fake_train(*a, fail=RuntimeError),
                 )
-                self.assertEqual(  # a worker's exception arrives as a traceback text
-                    rp._divergence_message(RuntimeError("Traceback ...\nFloatingPointError: x\ny")),
-                    "FloatingPointError: x",
+
+    def test_tools_script_is_a_thin_front_end(self):
+        path = os.path.join(REPO_ROOT, "tools", "run_pipeline.py")
+        with open(path) as f:
+            self.assertLessEqual(len(f.read().splitlines()), 150)
+        proc = subprocess.run(
+            [sys.executable, path, "--report", os.path.join(REPO_ROOT, "results", "nope.json")],
+            capture_output=True,
+            text=True,
+        )
+        self.assertNotEqual(proc.returncode, 0)
+        with tempfile.TemporaryDirectory() as d:  # not a results.json: a clear error, exit 2
+            bad = os.path.join(d, "speed.json")
+            with open(bad, "w") as f:
+                json.dump({"rows": []}, f)
+            proc = subprocess.run(
+                [sys.executable, path, "--report", bad], capture_output=True, text=True
+            )
+            self.assertEqual(proc.returncode, 2, proc.stderr)
+            self.assertIn("is not a pipeline results.json", proc.stderr)
+
+    def test_results_figure_shows_every_seed(self):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        recs = [
+            {"bench": "faces", "stage": "scratch", "seed": k, "preset": "p", "device": "d",
+             "metrics": {"widerface/AP_easy": v, "widerface/AP_medium": 1.0,
+                         "widerface/AP_hard": 0.0}}
+            for k, v in enumerate((0.0, 0.5, 80.0))
+        ]  # fmt: skip
+        recs.append(dict(recs[0], seed=3, metrics={}, diverged=True))
+        with tempfile.TemporaryDirectory() as d, mock.patch.object(plt, "close"):
+            plot_results("faces", recs, os.path.join(d, "results.png"))
+            self.assertGreater(os.path.getsize(os.path.join(d, "results.png")), 0)
+            ax = plt.gcf().axes[0]
+            points = [y for line in ax.lines for y in line.get_ydata()]
+            self.assertEqual(sorted(points), sorted([0.0, 0.5, 80.0, 1, 1, 1, 0, 0, 0]))
+            self.assertEqual(len(ax.collections), 0)  # no error bars
+            self.assertGreaterEqual(ax.get_ylim()[0], 0)
+            plt.close("all")
+
+
+class TestProgress(unittest.TestCase):
+    # make demo's shape: teacher 2400 it at 0.6 s/it, students 4x faster, mimic ones 1.6x scratch.
+    RUNS = [("data", None, 0), ("teacher", None, 2400), ("teacher_quantized", None, 1200)]
+    RUNS += [(s, 0, 2400) for s in ("scratch", "mimic", "quant_mimic_teacher_only", "quant_mimic")]
+
+    def test_eta_per_kind_of_stage(self):
+        p = Progress(self.RUNS)
+        self.assertEqual(p.eta(1), "ETA: measuring")
+        p.record("teacher", 2400, 1440.0)
+        # the teacher's rate is not applied to the students: they are counted apart
+        eta = p.eta(2)
+        self.assertTrue(eta.startswith("ETA ≥ 0:12:00"), eta)  # teacher_quantized: 1200 x 0.6
+        self.assertIn("1 student run(s) not yet timed", eta)
+        self.assertIn("3 mimic student run(s) not yet timed", eta)
+        # the first student iterations: 0.15 s/it; mimic students counted at that rate, as a bound
+        p.observe("scratch", 0.15)
+        eta = p.eta(3)
+        self.assertTrue(eta.startswith("ETA ≥ 0:24:00"), eta)  # (1 + 3) x 2400 x 0.15
+        self.assertIn("mimic student not yet timed, counted at the student rate", eta)
+        # stages that finish refine it: scratch took 0.16 s/it with its evaluation, mimic 0.25
+        p.record("scratch", 2400, 384.0)
+        p.record("mimic", 2400, 600.0)
+        self.assertEqual(p.eta(5), "ETA 0:20:00")  # 2 mimic runs x 2400 x 0.25
+        self.assertEqual(p.eta(len(self.RUNS)), "ETA 0:00:00")
+
+    def test_logged_rate_from_metrics_json(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "metrics.json")
+            self.assertIsNone(logged_rate(path))
+            with open(path, "w") as f:
+                f.write('{"iteration": 9, "time": 0.5}\n')
+            self.assertIsNone(logged_rate(path))  # fewer than 20 iterations
+            with open(path, "a") as f:
+                f.write(
+                    '{"iteration": 19, "time": 0.3}\nnot json\n{"iteration": 39, "time": 0.2}\n'
                 )
-                table = open(os.path.join(out, "results.md")).read()
-                self.assertIn(
-                    "| scratch (LOSS_WEIGHT 10.0) | 2 (+1 diverged) | 51.50 ± 0.71 |", table
-                )
-                saved = json.load(open(os.path.join(out, "results.json")))
-                self.assertEqual(sorted(r["seed"] for r in saved if r.get("diverged")), [0])
-                # resume: the diverged run is not retried and keeps its record; --force retries
-                recs = rp.run(parse_args(argv))
-                self.assertEqual(
-                    (calls, sum(bool(r.get("diverged")) for r in recs)), ([0, 1, 2], 1)
-                )
-                rp.run(parse_args(argv + ["--force"]))
-                self.assertEqual(calls[3:], [0, 1, 2])
-                # other failures, and a teacher's divergence, stop the pipeline
-                argv_t = argv[:-4] + ["--stages", "teacher"]
-                with self.assertRaises(FloatingPointError):
-                    rp.run(parse_args(argv_t))
-            with (
-                mock.patch.object(rp, "train_stage", lambda *a: fake_train(*a, fail=RuntimeError)),
-                self.assertRaises(RuntimeError),
-            ):
-                rp.run(parse_args(argv + ["--force"]))
+                f.write('{"iteration": 39, "widerface/AP_easy": 3.0}\n')
+            self.assertEqual(logged_rate(path), (0.3, 40))
 
     def test_dict_opts(self):
         self.assertEqual(

@@ -13,7 +13,7 @@ warnings.filterwarnings(
 from . import data  # noqa: F401  (registers datasets)
 from .config import add_quantmimic_config
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
-from .engine import Trainer, setup_cfg
+from .engine import Trainer, get_config, setup_cfg
 from .mimic_rcnn import MimicRCNN, mimic_loss
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
 from .rfcn import RFCNROIHeads
@@ -23,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "add_quantmimic_config",
+    "get_config",
     "setup_cfg",
     "Trainer",
     "quantize",

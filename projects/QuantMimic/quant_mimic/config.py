@@ -1,17 +1,92 @@
-"""Config keys added by QuantMimic. Paper: Wei et al., "Quantization Mimic", ECCV 2018."""
+"""Config keys added by QuantMimic. Paper: Wei et al., "Quantization Mimic", ECCV 2018.
+
+``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is a path resolved like ``_BASE_``: relative to the yaml file
+that names it (:func:`resolve_teacher_config_path`). A config that went through
+:func:`add_quantmimic_config` resolves it in its own ``merge_from_file``, so the plain detectron2
+way of loading (``get_cfg(); add_quantmimic_config(cfg); cfg.merge_from_file(path)``) gets the same
+path as ``quant_mimic.get_config`` / ``train_net.py``.
+"""
+
+import os
+from typing import Optional, Sequence
+
+import yaml
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_quantmimic_config", "validate_quantmimic_config"]
+__all__ = ["add_quantmimic_config", "validate_quantmimic_config", "resolve_teacher_config_path"]
+
+TEACHER_CONFIG_KEY = "MODEL.MIMIC.TEACHER.CONFIG_FILE"
+
+
+def _is_kept_as_is(path: str) -> bool:
+    return not path or os.path.isabs(path) or "://" in path
+
+
+def _named_in_yaml(config_file: str) -> Optional[tuple]:
+    """(value, yaml file) of the teacher config key in ``config_file`` or, if absent, its bases."""
+    with open(config_file) as f:
+        data = yaml.safe_load(f) or {}
+    value = ((data.get("MODEL") or {}).get("MIMIC") or {}).get("TEACHER", {}) or {}
+    if "CONFIG_FILE" in value:
+        return value["CONFIG_FILE"], config_file
+    base = data.get("_BASE_")
+    if not base or "://" in base:
+        return None
+    base = base if os.path.isabs(base) else os.path.join(os.path.dirname(config_file), base)
+    return _named_in_yaml(base)
+
+
+def resolve_teacher_config_path(config_file: str, opts: Sequence = ()) -> Optional[str]:
+    """
+    The absolute teacher config path that ``config_file`` + command-line ``opts`` name: a value in
+    a yaml is relative to that yaml (or the base yaml holding it), like ``_BASE_``; a value in
+    ``opts`` is relative to the working directory; absolute and ``scheme://`` paths are kept.
+    None if neither names one.
+    """
+    opts = list(opts)
+    from_opts = [v for k, v in zip(opts[::2], opts[1::2]) if k == TEACHER_CONFIG_KEY]
+    if from_opts:
+        value = str(from_opts[-1])
+        return value if _is_kept_as_is(value) else os.path.abspath(value)
+    if not config_file:
+        return None
+    named = _named_in_yaml(config_file)
+    if named is None:
+        return None
+    value, yaml_file = named
+    if _is_kept_as_is(value):
+        return value
+    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_file)), value))
+
+
+class _QuantMimicCfgNode(CN):
+    """detectron2's CfgNode whose ``merge_from_file`` also resolves the teacher config path
+    relative to the merged yaml (what ``_BASE_`` gets), so a plain-detectron2 load builds."""
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = True) -> None:
+        # detectron2 builds the loaded nodes as type(self); only the root is of this class, so
+        # the merge itself runs as a plain CfgNode (nodes of one type on both sides).
+        object.__setattr__(self, "__class__", CN)
+        try:
+            CN.merge_from_file(self, cfg_filename, allow_unsafe=allow_unsafe)
+        finally:
+            object.__setattr__(self, "__class__", _QuantMimicCfgNode)
+        resolved = resolve_teacher_config_path(cfg_filename)
+        if resolved is not None:
+            self.MODEL.MIMIC.TEACHER.CONFIG_FILE = resolved
 
 
 def add_quantmimic_config(cfg: CN) -> None:
     """
     Add QuantMimic's config nodes to a detectron2 config (in place). Call it before
-    ``merge_from_file``. Float keys are declared as floats: write ``1.0``, not ``1`` (yacs rejects
-    an int where a float is declared).
+    ``merge_from_file``: from then on, ``cfg.merge_from_file(path)`` resolves
+    ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` relative to ``path``, like ``_BASE_``. Float keys are
+    declared as floats: write ``1.0``, not ``1`` (yacs rejects an int where a float is declared).
     """
     _C = cfg
+    if type(cfg) is CN:  # same layout (a dict subclass): only merge_from_file changes
+        object.__setattr__(cfg, "__class__", _QuantMimicCfgNode)
 
     # ---------------------------------------------------------------------------------------------
     # Channel-divided ResNet (build_divided_resnet_backbone, divided_resnet.py)

@@ -27,7 +27,7 @@ from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
 from .stride_calibration import apply_stride_calibration
 from .teacher import pin_teacher, resolve_teacher_config_path
 
-__all__ = ["setup_cfg", "Trainer"]
+__all__ = ["get_config", "setup_cfg", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +84,36 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_mimic")
         if calibration:
             logger.info(f"MODEL.QUANTIZATION.STRIDE calibrated (ours): {calibration}")
+    return cfg
+
+
+# projects/QuantMimic/quant_mimic/engine.py -> <repo>/configs
+CONFIGS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3, "configs"))
+
+
+def get_config(config_path: str, opts=()) -> CfgNode:
+    """
+    A QuantMimic config loaded the way ``train_net.py`` loads it, for notebooks and scripts (as
+    detectron2's ``model_zoo.get_config``): detectron2's and QuantMimic's defaults, the yaml,
+    ``opts`` (KEY VALUE ...), the teacher config path resolved relative to the yaml naming it, and
+    QuantMimic's keys validated. No stride calibration and no logging set-up (``train_net.py``
+    does those when it trains).
+
+    Args:
+        config_path (str): a yaml file, or a path relative to this repository's ``configs/``, e.g.
+            ``"WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"``.
+        opts (list[str]): overrides, as on the command line.
+
+    Returns:
+        CfgNode: mutable (``cfg.freeze()`` it if you wish); ``build_model(cfg)`` builds it.
+    """
+    path = config_path
+    if not os.path.isfile(path) and os.path.isfile(os.path.join(CONFIGS_DIR, path)):
+        path = os.path.join(CONFIGS_DIR, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config {config_path!r} not found (nor under {CONFIGS_DIR})")
+    cfg = setup_cfg(path, opts)
+    cfg.defrost()
     return cfg
 
 

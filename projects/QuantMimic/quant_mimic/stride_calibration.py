@@ -30,7 +30,7 @@ import torch
 from detectron2.utils import comm
 
 from .checkpoint import atomic_write_text
-from .diagnostics import percentiles
+from .feature_statistics import percentiles
 
 __all__ = ["stride_from_statistics", "calibrate_stride", "apply_stride_calibration"]
 

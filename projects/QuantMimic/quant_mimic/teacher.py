@@ -15,16 +15,15 @@ import hashlib
 import json
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import torch
-import yaml
 from torch import nn
 
 from detectron2.config import CfgNode, get_cfg
 
 from .checkpoint import atomic_write_text, load_checkpoint_strict
-from .config import add_quantmimic_config
+from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, resolve_teacher_config_path
 from .quantization import quantize, quantizer_args
 
 __all__ = [
@@ -38,53 +37,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TEACHER_CONFIG_KEY = "MODEL.MIMIC.TEACHER.CONFIG_FILE"
-
-
-def _is_kept_as_is(path: str) -> bool:
-    return not path or os.path.isabs(path) or "://" in path
-
-
-def _named_in_yaml(config_file: str) -> Optional[tuple]:
-    """(value, yaml file) of the teacher config key in ``config_file`` or, if absent, its bases."""
-    with open(config_file) as f:
-        data = yaml.safe_load(f) or {}
-    value = ((data.get("MODEL") or {}).get("MIMIC") or {}).get("TEACHER", {}) or {}
-    if "CONFIG_FILE" in value:
-        return value["CONFIG_FILE"], config_file
-    base = data.get("_BASE_")
-    if not base or "://" in base:
-        return None
-    base = base if os.path.isabs(base) else os.path.join(os.path.dirname(config_file), base)
-    return _named_in_yaml(base)
-
-
-def resolve_teacher_config_path(config_file: str, opts: Sequence = ()) -> Optional[str]:
-    """
-    The absolute teacher config path that ``config_file`` + command-line ``opts`` name, resolved
-    like ``_BASE_`` (see module docstring); None if neither names one.
-    """
-    opts = list(opts)
-    from_opts = [v for k, v in zip(opts[::2], opts[1::2]) if k == TEACHER_CONFIG_KEY]
-    if from_opts:
-        value = str(from_opts[-1])
-        return value if _is_kept_as_is(value) else os.path.abspath(value)
-    if not config_file:
-        return None
-    named = _named_in_yaml(config_file)
-    if named is None:
-        return None
-    value, yaml_file = named
-    if _is_kept_as_is(value):
-        return value
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_file)), value))
-
 
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
     path = cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE
     if not path or not os.path.isfile(path):
-        raise FileNotFoundError(f"{TEACHER_CONFIG_KEY} not found: {path!r}")
+        hint = ""
+        if path and not os.path.isabs(path) and "://" not in path:
+            hint = (
+                f" (looked for {os.path.abspath(path)}). A relative {TEACHER_CONFIG_KEY} in a yaml "
+                "is relative to that yaml, like _BASE_; a config loaded with a plain detectron2 "
+                "CfgNode keeps it as written. Load the config with "
+                "quant_mimic.get_config('path/to/student.yaml') (as train_net.py does), or call "
+                "add_quantmimic_config(cfg) before cfg.merge_from_file(...), which resolves it"
+            )
+        raise FileNotFoundError(f"{TEACHER_CONFIG_KEY} not found: {path!r}{hint}")
     tcfg = get_cfg()
     add_quantmimic_config(tcfg)
     tcfg.merge_from_file(path)

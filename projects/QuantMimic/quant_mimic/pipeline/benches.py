@@ -1,0 +1,132 @@
+"""The pipeline's stages and benchmarks: which config trains each stage, and where runs live."""
+
+import os
+from typing import Optional, Tuple
+
+__all__ = [
+    "REPO_ROOT",
+    "PRESET_DIR",
+    "TRAIN_NET",
+    "STAGES",
+    "OPTIONAL_STAGES",
+    "DEFAULT_STAGES",
+    "TEACHER_STAGES",
+    "STUDENT_TEACHER",
+    "FIG5_STAGES",
+    "BENCHES",
+    "config_file",
+    "data_root",
+    "stage_kind",
+    "stage_dir",
+    "split_run_name",
+]
+
+# projects/QuantMimic/quant_mimic/pipeline/benches.py -> the repository (editable install).
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
+TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
+PRESET_DIR = os.path.join(REPO_ROOT, "configs", "Synth", "presets")
+
+STAGES = (
+    "data",
+    "teacher",
+    "teacher_quantized",
+    "scratch",
+    "scratch_quantized",
+    "mimic",
+    "quant_mimic_teacher_only",
+    "quant_mimic",
+)
+# Run only when named in --stages: Table 5's control (the student alone with its output quantized).
+OPTIONAL_STAGES = ("scratch_quantized",)
+DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
+TEACHER_STAGES = ("teacher", "teacher_quantized")
+# Student stages and the teacher stage they learn from (None: no teacher).
+STUDENT_TEACHER = {
+    "scratch": None,
+    "scratch_quantized": None,
+    "mimic": "teacher",
+    "quant_mimic_teacher_only": "teacher_quantized",
+    "quant_mimic": "teacher_quantized",
+}
+FIG5_STAGES = ("quant_mimic_teacher_only", "quant_mimic")  # the students Fig. 5 compares
+
+# Each benchmark: the config of every stage (configs/Synth), its data, its main metrics, and the
+# paper's corresponding rows (real datasets: WIDER FACE val Tables 2-4, Pascal VOC 2007 Table 7-8).
+BENCHES = {
+    "faces": {
+        "kind": "faces",
+        "data_dir": "synth/widerface",
+        "configs": {
+            "teacher": "rfcn_VGG-1-4_teacher.yaml",
+            "teacher_quantized": "rfcn_VGG-1-4_teacher_quantized.yaml",
+            "scratch": "rfcn_VGG-1-32_scratch.yaml",
+            "scratch_quantized": "rfcn_VGG-1-32_scratch_quantized.yaml",
+            "mimic": "rfcn_VGG-1-32_mimic.yaml",
+            "quant_mimic_teacher_only": "rfcn_VGG-1-32_quant_mimic_teacher_only.yaml",
+            "quant_mimic": "rfcn_VGG-1-32_quant_mimic.yaml",
+        },
+        "metrics": ("widerface/AP_easy", "widerface/AP_medium", "widerface/AP_hard"),
+        "paper": {
+            "teacher": "82.4 / 62.5 / 26.3 (VGG-1-4, Table 2)",
+            "teacher_quantized": "83.7 / 65.0 / 27.4 (Table 2)",
+            "scratch": "71.3 / 55.4 / 23.8 (VGG-1-32, Table 2)",
+            "scratch_quantized": "71.9 / 55.2 / 23.7 (Table 5)",
+            "mimic": "71.9 / 58.2 / 25.6 (Table 3-4)",
+            "quant_mimic_teacher_only": "73.0 / 59.3 / 25.6 (Table 4)",
+            "quant_mimic": "73.9 / 62.1 / 27.6 (Table 2-4)",
+        },
+    },
+    "voc": {
+        "kind": "voc",
+        "data_dir": "synth/VOC2007",
+        "configs": {
+            "teacher": "faster_rcnn_R18_C4_teacher.yaml",
+            "teacher_quantized": "faster_rcnn_R18_C4_teacher_quantized.yaml",
+            "scratch": "faster_rcnn_R18-1-16_C4_scratch.yaml",
+            "scratch_quantized": "faster_rcnn_R18-1-16_C4_scratch_quantized.yaml",
+            "mimic": "faster_rcnn_R18-1-16_C4_mimic.yaml",
+            "quant_mimic_teacher_only": "faster_rcnn_R18-1-16_C4_quant_mimic_teacher_only.yaml",
+            "quant_mimic": "faster_rcnn_R18-1-16_C4_quant_mimic.yaml",
+        },
+        "metrics": ("bbox/AP50", "bbox/AP"),
+        "paper": {
+            "teacher": "72.9 mAP (ResNet18, Table 7)",
+            "teacher_quantized": "73.3 (Table 7)",
+            "scratch": "40.5 (ResNet18-1-16, Table 7)",
+            "scratch_quantized": "not in the paper (Table 5 is faces only)",
+            "mimic": "44.6 (Table 8)",
+            "quant_mimic_teacher_only": "not in the paper",
+            "quant_mimic": "47.0 (Table 7-8)",
+        },
+    },
+}
+
+
+def config_file(bench: str, stage: str) -> str:
+    """The absolute path of the config that trains ``stage`` on ``bench`` (configs/Synth)."""
+    return os.path.join(REPO_ROOT, "configs", "Synth", BENCHES[bench]["configs"][stage])
+
+
+def data_root(bench: str, out: str) -> str:
+    """The benchmark's synthetic data folder under run folder ``out`` (``DETECTRON2_DATASETS``
+    is ``out/datasets``)."""
+    return os.path.join(out, "datasets", BENCHES[bench]["data_dir"])
+
+
+def stage_kind(stage: str) -> str:
+    """The preset section of a stage: ``teacher``, ``teacher_quantized`` or ``student``."""
+    return stage if stage in TEACHER_STAGES else "student"
+
+
+def stage_dir(out: str, stage: str, seed: Optional[int]) -> str:
+    """The run folder of one stage run: ``out/stage`` (teachers) or ``out/stage_seedK``."""
+    return os.path.join(out, stage if seed is None else f"{stage}_seed{seed}")
+
+
+def split_run_name(name: str) -> Tuple[str, Optional[int]]:
+    """A stage run folder's name as (stage, seed): ``"mimic_seed2"`` -> ("mimic", 2); the inverse of
+    :func:`stage_dir`; a teacher stage's folder has no seed: ``"teacher"`` -> ("teacher", None)."""
+    stage, sep, seed = name.rpartition("_seed")
+    if sep and seed.isdigit():
+        return stage, int(seed)
+    return name, None

@@ -1,0 +1,87 @@
+"""The command line of ``tools/run_pipeline.py`` (see :mod:`quant_mimic.pipeline`)."""
+
+import argparse
+import sys
+
+from .benches import BENCHES, DEFAULT_STAGES, OPTIONAL_STAGES, STAGES
+from .runner import run
+from .tables import report
+
+__all__ = ["build_parser", "parse_args", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="The paper's whole pipeline on a built-in synthetic benchmark, in one "
+        "command, with seeds (quant_mimic.pipeline)."
+    )
+    p.add_argument(
+        "--report",
+        nargs="+",
+        metavar="RESULTS_JSON",
+        help="only print the table of these results.json files (no training)",
+    )
+    p.add_argument(
+        "--compare",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("ROW_A", "ROW_B"),
+        help="with --report: Welch's t-test of two rows, labelled as in the table "
+        "(e.g. 'quant_mimic' 'mimic'); repeatable",
+    )
+    p.add_argument("--bench", choices=sorted(BENCHES))
+    p.add_argument("--preset", help="smoke | cpu | gpu, or a preset yaml file")
+    p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        metavar="STAGE",
+        help=f"default: {DEFAULT_STAGES}; optional: {OPTIONAL_STAGES}",
+    )
+    p.add_argument("--force", action="store_true", help="redo the selected stages")
+    p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
+    p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """The pipeline's arguments; ``--stages a b KEY VALUE ...``: the stage names end where the
+    overrides begin."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.compare and not args.report:
+        p.error("--compare needs --report")
+    if args.report:
+        return args
+    for name in ("bench", "preset", "out"):
+        if getattr(args, name) is None:
+            p.error(f"--{name} is required")
+    if args.stages:
+        n = next((i for i, x in enumerate(args.stages) if x not in STAGES), len(args.stages))
+        if n == 0:
+            p.error(f"--stages: unknown stage {args.stages[0]!r}; choose from {STAGES}")
+        args.opts = args.stages[n:] + list(args.opts)
+        args.stages = args.stages[:n]
+    if args.seeds < 1:
+        p.error("--seeds must be ≥ 1")
+    if len(args.opts) % 2:
+        p.error(f"overrides must be KEY VALUE pairs, got {args.opts}")
+    return args
+
+
+def main(argv=None, train=None) -> int:
+    """``--report`` prints tables (exit 2 on a bad ``--compare`` row); otherwise runs the
+    pipeline (``train``: see :func:`~quant_mimic.pipeline.runner.run`)."""
+    args = parse_args(argv)
+    if args.report:
+        try:
+            print(report(args.report, args.compare))
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    else:
+        run(args, train=train)
+    return 0

@@ -1,0 +1,146 @@
+"""Presets, stage planning and the command-line overrides of every stage run."""
+
+import os
+from typing import Dict, List, Optional, Sequence
+
+import yaml
+
+from .benches import (
+    BENCHES,
+    DEFAULT_STAGES,
+    PRESET_DIR,
+    STAGES,
+    STUDENT_TEACHER,
+    config_file,
+    data_root,
+    stage_dir,
+    stage_kind,
+)
+
+__all__ = [
+    "load_preset",
+    "dict_opts",
+    "opt_lookup",
+    "stage_opts",
+    "max_iter",
+    "plan_stages",
+    "generate_data",
+]
+
+PRESET_SECTIONS = {"data", "opts", "teacher", "teacher_quantized", "student"}
+
+
+def load_preset(name: str, bench: str) -> Dict:
+    """
+    The preset's section for ``bench``: ``data`` (generator arguments), ``opts`` (every stage),
+    ``teacher`` / ``teacher_quantized`` / ``student`` (per stage kind), each a {KEY: value} dict.
+    ``name`` is a preset of ``configs/Synth/presets`` (``smoke``, ``cpu``, ``gpu``) or a yaml path.
+    """
+    path = name if name.endswith((".yaml", ".yml")) else os.path.join(PRESET_DIR, name + ".yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Preset {name!r} not found (looked for {path})")
+    with open(path) as f:
+        preset = yaml.safe_load(f) or {}
+    if bench not in preset:
+        raise KeyError(f"Preset {path} has no section for bench {bench!r}")
+    section = preset[bench]
+    unknown = set(section) - PRESET_SECTIONS
+    if unknown:
+        raise KeyError(f"Preset {path}, bench {bench}: unknown sections {sorted(unknown)}")
+    return section
+
+
+def _opt_value(value) -> str:
+    """A yaml value as a detectron2 command-line value (yacs parses it with literal_eval)."""
+    if isinstance(value, (list, tuple)):
+        return "(" + "".join(f"{_opt_value(v)}, " for v in value) + ")"
+    if isinstance(value, bool):
+        return str(value)
+    return str(value) if not isinstance(value, str) else value
+
+
+def dict_opts(d: Optional[Dict]) -> List[str]:
+    """{KEY: value} as detectron2's ``KEY VALUE ...`` list."""
+    out = []
+    for k, v in (d or {}).items():
+        out += [k, _opt_value(v)]
+    return out
+
+
+def opt_lookup(opts: Sequence[str], key: str, default=None):
+    """The last value given to ``key`` in a ``KEY VALUE ...`` list, else ``default``."""
+    value = default
+    for k, v in zip(opts[::2], opts[1::2]):
+        if k == key:
+            value = v
+    return value
+
+
+def stage_opts(
+    bench: str, preset: Dict, out: str, stage: str, seed: Optional[int], extra: Sequence[str]
+) -> List[str]:
+    """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra)."""
+    opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
+    if stage == "teacher_quantized":
+        opts += ["MODEL.WEIGHTS", os.path.join(stage_dir(out, "teacher", None), "model_final.pth")]
+    teacher = STUDENT_TEACHER.get(stage)
+    if teacher:
+        tdir = stage_dir(out, teacher, None)
+        opts += [
+            "MODEL.MIMIC.TEACHER.CONFIG_FILE",
+            os.path.join(tdir, "config.yaml"),
+            "MODEL.MIMIC.TEACHER.WEIGHTS",
+            os.path.join(tdir, "model_final.pth"),
+        ]
+    opts += ["SEED", str(seed if seed is not None else preset.get("teacher_seed", 0))]
+    opts += ["OUTPUT_DIR", stage_dir(out, stage, seed)]
+    return opts + list(extra)
+
+
+def max_iter(bench: str, preset: Dict, stage: str, extra: Sequence[str]) -> int:
+    """SOLVER.MAX_ITER of a stage: the user's override, else the preset's, else its config's."""
+    opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage))) + list(extra)
+    value = opt_lookup(opts, "SOLVER.MAX_ITER")
+    if value is None:
+        from detectron2.config import get_cfg
+
+        from ..config import add_quantmimic_config
+
+        cfg = get_cfg()
+        add_quantmimic_config(cfg)
+        cfg.merge_from_file(config_file(bench, stage))
+        value = cfg.SOLVER.MAX_ITER
+    return int(value)
+
+
+def plan_stages(requested: Optional[Sequence[str]], data_root_: str) -> List[str]:
+    """
+    The stages to run, in pipeline order: ``requested`` (None: :data:`DEFAULT_STAGES`), with
+    ``data`` added when a training stage is asked for and ``data_root_`` does not exist yet (the
+    data is deterministic from the preset, so ``--stages teacher`` on a fresh folder makes it).
+    """
+    stages = [s for s in STAGES if s in (requested or DEFAULT_STAGES)]
+    if stages and "data" not in stages and not os.path.isdir(data_root_):
+        stages.insert(0, "data")
+    return stages
+
+
+def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:
+    """The ``data`` stage: the benchmark's synthetic set from the preset's ``data`` section."""
+    from ..data.synthetic import FaceStyle, generate_faces, generate_voc
+
+    root = data_root(bench, out)
+    if os.path.isdir(root) and not force:
+        return f"skip: {root} exists"
+    d = dict(preset.get("data") or {})
+    size = (int(d.pop("height", 192)), int(d.pop("width", 256)))
+    kw = {"seed": int(d.pop("seed", 0)), "size": size}
+    if BENCHES[bench]["kind"] == "faces":
+        style = {k: tuple(v) if isinstance(v, list) else v for k, v in d.pop("style", {}).items()}
+        fn, kw["style"] = generate_faces, FaceStyle(**style)
+    else:
+        fn = generate_voc
+    fn(root, int(d.pop("num_train")), int(d.pop("num_val")), **kw)
+    if d:
+        raise KeyError(f"Unknown data keys in the preset: {sorted(d)}")
+    return f"wrote {root}"

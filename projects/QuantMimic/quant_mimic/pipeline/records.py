@@ -1,0 +1,139 @@
+"""results.json: one record per stage run, diverged runs, and the files a stage run leaves.
+
+A record holds ``bench``, ``preset``, ``stage``, ``config`` (relative to the repository), ``seed``,
+``iterations``, ``wall_s``, ``device``, ``metrics`` (the stage's ``final_metrics.json``) and
+``overrides`` (the user's ``KEY VALUE`` list, which makes a row of its own); a stage that
+calibrated its stride adds ``stride_calibration``; a student run that went to Inf/NaN adds
+``diverged``, ``diverged_at_iter`` and ``error`` and has ``metrics`` {}.
+"""
+
+import json
+import os
+from typing import Dict, List, Optional
+
+from .benches import REPO_ROOT, STAGES, TEACHER_STAGES, config_file
+
+__all__ = [
+    "FINAL_METRICS",
+    "DIVERGED",
+    "read_json",
+    "write_atomic",
+    "is_done",
+    "make_record",
+    "diverged_record",
+    "is_divergence",
+    "divergence_message",
+    "last_iteration",
+    "load_records",
+    "sorted_records",
+]
+
+FINAL_METRICS = "final_metrics.json"  # written by train_net.py into OUTPUT_DIR
+DIVERGED = "DIVERGED"  # marker file in a stage folder whose training went to Inf/NaN
+
+
+def read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_atomic(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def is_done(d: str) -> bool:
+    """A stage run folder with ``model_final.pth`` and ``final_metrics.json``."""
+    return all(os.path.isfile(os.path.join(d, f)) for f in ("model_final.pth", FINAL_METRICS))
+
+
+def _calibration_record(d: str) -> Dict:
+    """The stride computed from the teacher's statistics, where the stage calibrated one (ours)."""
+    path = os.path.join(d, "stride_calibration.json")
+    if not os.path.isfile(path):
+        return {}
+    rec = read_json(path)
+    keys = ("stride", "percentile", "levels", "percentile_value", "num_images")
+    return {"stride_calibration": {k: rec[k] for k in keys if k in rec}}
+
+
+def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict:
+    """One results.json record; ``wall`` is None for a finished stage found without a record;
+    ``metrics`` (default: the stage's ``final_metrics.json``) is {} for a diverged run."""
+    return {
+        "bench": args.bench,
+        "preset": args.preset,
+        "stage": stage,
+        "config": os.path.relpath(config_file(args.bench, stage), REPO_ROOT),
+        "seed": seed if seed is not None else 0,
+        "iterations": iters,
+        "wall_s": round(wall, 1) if wall is not None else None,
+        "device": device,
+        "metrics": read_json(os.path.join(d, FINAL_METRICS)) if metrics is None else metrics,
+        "overrides": list(args.opts),
+        **_calibration_record(d),
+    }
+
+
+def is_divergence(e: BaseException) -> bool:
+    """detectron2's NaN/Inf guards raise FloatingPointError (a worker's arrives wrapped by
+    torch.multiprocessing, its traceback in the message)."""
+    return isinstance(e, FloatingPointError) or "FloatingPointError" in str(e)
+
+
+def divergence_message(e: BaseException) -> str:
+    """The guard's first line, e.g. "FloatingPointError: Loss became infinite or NaN at
+    iteration=92!" (its loss_dict line and a worker's traceback left out)."""
+    text = str(e)
+    key = "FloatingPointError: "
+    text = text[text.rindex(key) :] if key in text else f"{type(e).__name__}: {text}"
+    return (text.strip().splitlines() or [""])[0][:300]
+
+
+def last_iteration(d: str) -> Optional[int]:
+    """The last iteration the stage logged to ``metrics.json`` (1-based), None if it logged none."""
+    last = None
+    path = os.path.join(d, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    last = int(json.loads(line)["iteration"]) + 1
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+    return last
+
+
+def diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
+    """The record of a student run that went to Inf/NaN: no metrics, ``diverged`` true, the last
+    iteration it logged and detectron2's message; a ``DIVERGED`` marker keeps resume from retrying
+    it (``--force`` does)."""
+    marker = os.path.join(d, DIVERGED)
+    if error is not None:
+        os.makedirs(d, exist_ok=True)
+        write_atomic(marker, divergence_message(error) + "\n")
+    message = open(marker).read().strip() if os.path.isfile(marker) else ""
+    record = make_record(args, stage, seed, iters, None, device, d, metrics={})
+    return dict(record, diverged=True, diverged_at_iter=last_iteration(d), error=message)
+
+
+def load_records(path: str) -> List[Dict]:
+    """The records of a results.json (none if it does not exist); teacher stages get seed None,
+    as they are keyed in memory."""
+    if not os.path.isfile(path):
+        return []
+    recs = read_json(path)
+    for r in recs:
+        if r["stage"] in TEACHER_STAGES:
+            r["seed"] = None
+    return recs
+
+
+def sorted_records(records: List[Dict]) -> List[Dict]:
+    """Records as results.json stores them: in stage then seed order, a teacher's seed 0."""
+    order = {s: i for i, s in enumerate(STAGES)}
+    recs = sorted(records, key=lambda r: (order[r["stage"]], r["seed"] or 0))
+    return [dict(r, seed=r["seed"] if r["seed"] is not None else 0) for r in recs]

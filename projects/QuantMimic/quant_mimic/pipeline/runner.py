@@ -1,0 +1,249 @@
+"""Running the pipeline: each stage through ``train_net.py``, records, tables, figures, Fig. 5."""
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+from .benches import (
+    BENCHES,
+    FIG5_STAGES,
+    TEACHER_STAGES,
+    TRAIN_NET,
+    config_file,
+    data_root,
+    stage_dir,
+)
+from .plan import generate_data, load_preset, max_iter, plan_stages, stage_opts
+from .plots import plot_learning_curves, plot_mismatch, plot_results
+from .progress import Progress, fmt_s, logged_rate
+from .records import (
+    DIVERGED,
+    diverged_record,
+    is_divergence,
+    is_done,
+    last_iteration,
+    load_records,
+    make_record,
+    sorted_records,
+    write_atomic,
+)
+from .tables import results_markdown
+
+__all__ = ["train_stage", "run", "save_results", "mismatch_pass", "device_name"]
+
+
+def _train_net():
+    """The repository's train_net.py as a module (one training code path for every stage)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quant_mimic_train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class _StageLogs:
+    """Detaches, after a stage, the log handlers detectron2's setup added for its OUTPUT_DIR."""
+
+    NAMES = ("detectron2", "fvcore", "d2", "quant_mimic")
+
+    def __enter__(self):
+        self.before = {n: list(logging.getLogger(n).handlers) for n in self.NAMES}
+        return self
+
+    def __exit__(self, *exc):
+        from detectron2.utils.logger import setup_logger
+
+        for n, old in self.before.items():
+            logger = logging.getLogger(n)
+            for h in [h for h in logger.handlers if h not in old]:
+                logger.removeHandler(h)
+                h.close()
+        setup_logger.cache_clear()  # a later stage with the same OUTPUT_DIR gets its handlers again
+        return False
+
+
+def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
+    """``train_net.py --config-file CFG --resume --num-gpus N OPTS`` through detectron2's launch."""
+    from detectron2.engine import launch
+
+    train_net = _train_net()
+    argv = ["--config-file", cfg_file, "--num-gpus", str(num_gpus), "--resume"] + list(opts)
+    args = train_net.build_parser().parse_args(argv)
+    with _StageLogs():
+        launch(
+            train_net.main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+
+
+class _RateWatcher(threading.Thread):
+    """While a stage trains, reads its metrics.json until its first iterations give a rate, then
+    refines the overall ETA with it and prints it once."""
+
+    def __init__(self, progress: Progress, stage: str, d: str, index: int, label: str):
+        super().__init__(daemon=True)
+        self.progress, self.stage, self.d, self.index, self.label = progress, stage, d, index, label
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.wait(5.0):
+            measured = logged_rate(os.path.join(self.d, "metrics.json"))
+            if measured is None:
+                continue
+            rate, iterations = measured
+            self.progress.observe(self.stage, rate)
+            eta = self.progress.eta(self.index)
+            print(
+                f"{self.label}: {rate:.3f} s/iteration over its first {iterations} iterations; "
+                f"{eta}",
+                flush=True,
+            )
+            return
+
+    def stop(self):
+        self.done.set()
+        self.join()
+
+
+def device_name(num_gpus: int) -> str:
+    import torch
+
+    if torch.cuda.is_available() and num_gpus > 0:
+        return f"{num_gpus} × {torch.cuda.get_device_name(0)}"
+    return f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def save_results(out: str, bench: str, records: List[Dict]) -> None:
+    """results.json, results.md and results.png of ``records``."""
+    dumped = sorted_records(records)
+    write_atomic(os.path.join(out, "results.json"), json.dumps(dumped, indent=2) + "\n")
+    write_atomic(os.path.join(out, "results.md"), results_markdown(bench, dumped))
+    plot_results(bench, dumped, os.path.join(out, "results.png"))
+
+
+def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
+    """
+    Evaluation pass over every mimic student (each seed) on the val split: Fig. 5 of the
+    teacher-only and quant-mimic students to ``mismatch.png``, and the Q diagnostics of every
+    student (the Li et al. student's teacher side is the full-precision teacher's RoI features
+    before Q) to ``mimic_statistics.json``.
+    """
+    from ..diagnostics import collect_mimic_statistics
+
+    ratios, summary = {}, {}
+    threshold = None
+    for stage in ("mimic",) + FIG5_STAGES:
+        per_stage = []
+        for seed in range(args.seeds):
+            d = stage_dir(out, stage, seed)
+            if not is_done(d):
+                continue
+            opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+            opts += ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
+            stats = collect_mimic_statistics(config_file(bench, stage), opts)
+            per_stage.extend(stats.pop("roi_mismatch_ratio"))
+            threshold = stats["mismatch_threshold"]
+            summary[f"{stage}_seed{seed}"] = stats
+        if per_stage and stage in FIG5_STAGES:
+            ratios[stage] = per_stage
+    if ratios:
+        plot_mismatch(ratios, threshold, os.path.join(out, "mismatch.png"))
+    if summary:
+        write_atomic(
+            os.path.join(out, "mimic_statistics.json"), json.dumps(summary, indent=2) + "\n"
+        )
+
+
+def run(args, train: Optional[Callable] = None) -> List[Dict]:
+    """
+    Run the pipeline that ``args`` (:func:`quant_mimic.pipeline.cli.parse_args`) describes and
+    return its records. ``train`` (default :func:`train_stage`) trains one stage run:
+    ``train(config_file, opts, num_gpus)``.
+    """
+    train = train or train_stage
+    bench, out = args.bench, os.path.abspath(args.out)
+    preset = load_preset(args.preset, bench)
+    os.makedirs(out, exist_ok=True)
+    # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
+    os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
+    from ..data import register_all_quantmimic_datasets
+
+    register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
+    stages = plan_stages(args.stages, data_root(bench, out))
+    runs = []
+    for stage in stages:
+        if stage == "data":
+            runs.append((stage, None, 0))
+            continue
+        its = max_iter(bench, preset, stage, args.opts)
+        for seed in [None] if stage in TEACHER_STAGES else range(args.seeds):
+            runs.append((stage, seed, its))
+    progress = Progress(runs)
+    records = {(r["stage"], r["seed"]): r for r in load_records(os.path.join(out, "results.json"))}
+    device = device_name(args.num_gpus)
+    t0 = time.time()
+    for k, (stage, seed, iters) in enumerate(runs, 1):
+        label = f"[{k}/{len(runs)}] {stage}" + (f" (seed {seed})" if seed is not None else "")
+        if stage == "data":
+            print(f"{label}: {generate_data(bench, preset, out, args.force)}", flush=True)
+            continue
+        d = stage_dir(out, stage, seed)
+        if os.path.isfile(os.path.join(d, DIVERGED)) and not args.force:
+            print(f"{label}: skip, diverged ({d}/{DIVERGED}; --force to retry)", flush=True)
+            if (stage, seed) not in records:
+                records[(stage, seed)] = diverged_record(args, stage, seed, iters, device, d)
+            continue
+        if is_done(d) and not args.force:
+            print(f"{label}: skip, done ({d})", flush=True)
+            if (stage, seed) not in records:  # finished, but recorded by no earlier invocation
+                records[(stage, seed)] = make_record(args, stage, seed, iters, None, device, d)
+            if records[(stage, seed)].get("wall_s"):  # the ETA learns from earlier invocations
+                progress.record(stage, iters, records[(stage, seed)]["wall_s"])
+            continue
+        if args.force and os.path.isdir(d):
+            shutil.rmtree(d)
+        print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
+        opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+        start = time.time()
+        watcher = _RateWatcher(progress, stage, d, k - 1, label)
+        watcher.start()
+        try:
+            train(config_file(bench, stage), opts, args.num_gpus)
+        except Exception as e:  # a student's NaN is a result (recorded); anything else is a bug
+            if stage in TEACHER_STAGES or not is_divergence(e):
+                raise
+            records[(stage, seed)] = diverged_record(args, stage, seed, iters, device, d, e)
+            save_results(out, bench, list(records.values()))
+            print(f"{label}: DIVERGED at iteration {last_iteration(d)} (recorded)", flush=True)
+            continue
+        finally:
+            watcher.stop()
+        wall = time.time() - start
+        progress.record(stage, iters, wall)
+        records[(stage, seed)] = make_record(args, stage, seed, iters, wall, device, d)
+        save_results(out, bench, list(records.values()))
+        main = ", ".join(
+            f"{m.split('/')[-1]} {records[(stage, seed)]['metrics'].get(m, float('nan')):.2f}"
+            for m in BENCHES[bench]["metrics"]
+        )
+        print(f"{label}: done in {fmt_s(wall)}: {main}; {progress.eta(k)}", flush=True)
+    recs = list(records.values())
+    diverged = [f"{r['stage']} seed {r['seed']}" for r in recs if r.get("diverged")]
+    if diverged:
+        print(f"{len(diverged)} run(s) diverged, recorded without metrics: {diverged}", flush=True)
+    if recs:
+        save_results(out, bench, recs)
+        if not args.no_mismatch:
+            mismatch_pass(args, bench, preset, out)
+        plot_learning_curves(bench, out, os.path.join(out, "learning_curves.png"))
+    print(f"Pipeline finished in {fmt_s(time.time() - t0)}; results in {out}", flush=True)
+    return recs
