@@ -33,7 +33,7 @@ import torch
 from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 
-from quant_mimic import setup_cfg
+from quant_mimic import get_config
 from quant_mimic.export import (
     StudentInference,
     export_onnx,
@@ -109,7 +109,7 @@ def time_split(module: StudentInference, image, runs: int, warmup: int, cuda: bo
 
 def measure_model(name, args, image, tmp) -> List[Dict]:
     config, opts = MODELS[name]
-    cfg = setup_cfg(
+    cfg = get_config(
         os.path.join(CONFIG_DIR, config),
         ["MODEL.DEVICE", args.device, "MODEL.WEIGHTS", ""] + [str(o) for o in opts],
     )

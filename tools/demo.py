@@ -26,7 +26,7 @@ from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 
-from quant_mimic import setup_cfg
+from quant_mimic import get_config
 from quant_mimic.checkpoint import load_checkpoint_strict
 from quant_mimic.export import StudentInference, onnx_session, run_onnx
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--confidence", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
-    cfg = setup_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
     run = build_runner(cfg, args.onnx)
     os.makedirs(args.output, exist_ok=True)
     import cv2

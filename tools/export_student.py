@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 
     from detectron2.modeling import build_model
 
-    from quant_mimic import setup_cfg
+    from quant_mimic import get_config
     from quant_mimic.checkpoint import load_checkpoint_strict
     from quant_mimic.export import (
         StudentInference,
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         parity_report,
     )
 
-    cfg = setup_cfg(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
     load_checkpoint_strict(
         model, weights, model_name=args.config_file, optional_prefixes=(ADAPTER_PREFIX,)

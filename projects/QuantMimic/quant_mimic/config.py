@@ -163,6 +163,14 @@ def add_quantmimic_config(cfg: CN) -> None:
     # The teacher file's size and SHA-256 are pinned in OUTPUT_DIR/teacher_pin.json when training
     # starts; --resume with a different file is an error unless this is True (then re-pinned).
     _C.MODEL.MIMIC.TEACHER.ALLOW_CHANGE = False
+    # Cache of the teacher's maps f_t at TEACHER_FEATURES (ours, not in the paper): "" = off (the
+    # teacher runs at every step). A folder: in training each image's map is read from it, or
+    # computed by the teacher and written (lazy fill; tools/cache_teacher.py pre-fills it). A
+    # quantized teacher's map is stored exactly (uint8 levels of eq. 1-2), a full-precision one's
+    # as float16. The folder records what it was built from (teacher SHA-256, config, Q, input
+    # rules); any other teacher or input is refused. Needs one training scale and no random crop
+    # (teacher_cache.py).
+    _C.MODEL.MIMIC.TEACHER.CACHE_DIR = ""
     # Student feature maps to mimic; [] = MODEL.ROI_HEADS.IN_FEATURES ("the end of the feature
     # extractor", §3.2).
     _C.MODEL.MIMIC.STUDENT_FEATURES = []

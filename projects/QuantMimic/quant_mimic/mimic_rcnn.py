@@ -23,7 +23,13 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
 from .quantization import quantize
-from .teacher import build_teacher_cfg, load_teacher_strict, mimic_quantizer_args
+from .teacher import (
+    build_teacher_cfg,
+    load_teacher_strict,
+    mimic_quantizer_args,
+    teacher_fingerprint,
+)
+from .teacher_cache import TeacherMapCache, cache_identity, check_cacheable_input, image_digest
 
 __all__ = ["mimic_loss", "MimicRCNN"]
 
@@ -149,6 +155,8 @@ class MimicRCNN(GeneralizedRCNN):
         start_iter: int = 0,
         stop_iter: int = -1,
         mismatch_threshold: float = 0.3,
+        teacher_cache_dir: str = "",
+        teacher_cache_identity: Optional[Dict] = None,
         **kwargs,
     ):
         """
@@ -168,6 +176,10 @@ class MimicRCNN(GeneralizedRCNN):
             warmup_iters (int): λ ramps linearly from 0 over this many iterations after start_iter.
             start_iter / stop_iter (int): λ = 0 before start_iter and from stop_iter on (-1: never).
             mismatch_threshold (float): Fig. 5 diagnostic threshold.
+            teacher_cache_dir (str): where the teacher's maps are cached in training ("" = off,
+                see :mod:`quant_mimic.teacher_cache`).
+            teacher_cache_identity (dict): :func:`cache_identity` without the teacher's SHA-256,
+                which is added when the cache is opened (after the teacher is loaded).
             kwargs: :class:`GeneralizedRCNN` arguments of the student.
         """
         super().__init__(**kwargs)
@@ -198,6 +210,9 @@ class MimicRCNN(GeneralizedRCNN):
         self.start_iter = start_iter
         self.stop_iter = stop_iter
         self.mismatch_threshold = mismatch_threshold
+        self.teacher_cache_dir = teacher_cache_dir
+        self._teacher_cache_identity = teacher_cache_identity
+        self._teacher_cache: Optional[TeacherMapCache] = None
         quantize(torch.zeros(1), **self.quantizer)  # validate early
 
     @classmethod
@@ -214,6 +229,10 @@ class MimicRCNN(GeneralizedRCNN):
         s_shapes = ret["backbone"].output_shape()
         t_shapes = teacher.backbone.output_shape()
         s_names, t_names = _mimic_feature_names(cfg, tcfg, s_shapes, t_shapes)
+        identity = None
+        if m.TEACHER.CACHE_DIR:
+            check_cacheable_input(cfg)
+            identity = cache_identity(cfg, tcfg, teacher.backbone, t_names, teacher_sha256="")
         ret.update(
             teacher=teacher,
             teacher_weights=m.TEACHER.WEIGHTS,
@@ -235,6 +254,8 @@ class MimicRCNN(GeneralizedRCNN):
             start_iter=m.START_ITER,
             stop_iter=m.STOP_ITER,
             mismatch_threshold=m.MISMATCH_THRESHOLD,
+            teacher_cache_dir=m.TEACHER.CACHE_DIR,
+            teacher_cache_identity=identity,
         )
         return ret
 
@@ -247,6 +268,59 @@ class MimicRCNN(GeneralizedRCNN):
         """Load the teacher's weights (default ``MODEL.MIMIC.TEACHER.WEIGHTS``), strictly."""
         load_teacher_strict(self.teacher, path or self.teacher_weights)
         self.teacher_loaded = True
+
+    @property
+    def teacher_cache(self) -> Optional[TeacherMapCache]:
+        """The cache of the teacher's maps (``MODEL.MIMIC.TEACHER.CACHE_DIR``), opened on first
+        use, when the teacher is loaded: its identity includes the teacher checkpoint's SHA-256
+        (of its weights in memory for a random teacher). None when off."""
+        if not self.teacher_cache_dir:
+            return None
+        if self._teacher_cache is None:
+            if self.teacher_loaded and self.teacher_weights:
+                sha = teacher_fingerprint(self.teacher_weights)["sha256"]
+            else:  # a random teacher (tests): what its weights are, not a file
+                state = self.teacher.state_dict()
+                sha = "weights:" + image_digest(
+                    torch.cat([v.detach().flatten().double().cpu() for v in state.values()])
+                )
+            identity = dict(self._teacher_cache_identity, teacher_sha256=sha)
+            forms = 1 if identity["input"]["INPUT.RANDOM_FLIP"] == "none" else 2
+            self._teacher_cache = TeacherMapCache(self.teacher_cache_dir, identity, forms)
+        return self._teacher_cache
+
+    def teacher_maps(self, batched_inputs, fill_only: bool = False):
+        """
+        The teacher's maps at the mimicked features, one image at a time: each image alone,
+        padded to the teacher's size divisibility only, so that an image's map does not depend on
+        the other images of its batch (and can be cached). In training with
+        ``MODEL.MIMIC.TEACHER.CACHE_DIR`` set they are read from the cache, or computed and
+        written there.
+
+        Args:
+            batched_inputs (list[dict]): the model inputs.
+            fill_only (bool): only fill the cache; return the number of maps computed.
+
+        Returns:
+            list[dict[str->Tensor]]: per image, {teacher feature name: (C, H_j, W_j)}, no grad.
+        """
+        cache = self.teacher_cache if self.training else None
+        out, computed = [], 0
+        for inp in batched_inputs:
+            name = inp.get("file_name", "")
+            maps = cache.get(name, inp["image"]) if cache is not None else None
+            if maps is None:
+                with torch.no_grad():
+                    images = self.teacher.preprocess_image([inp])
+                    feats = self.teacher.backbone(images.tensor)
+                maps = {n: feats[n][0] for n in self.teacher_feature_names}
+                computed += 1
+                if cache is not None:
+                    cache.put(name, inp["image"], maps)
+            elif not fill_only:
+                maps = {n: v.to(self.device) for n, v in maps.items()}
+            out.append(maps)
+        return computed if fill_only else out
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -295,14 +369,17 @@ class MimicRCNN(GeneralizedRCNN):
         Returns:
             list[(Tensor, Tensor)]: (f_t, r(f_s)), each (ΣN_j, C_t, S, S); f_t without grad.
         """
-        with torch.no_grad():
-            t_images = self.teacher.preprocess_image(batched_inputs)
-            teacher_feature_maps = self.teacher.backbone(t_images.tensor)
+        teacher_maps = self.teacher_maps(batched_inputs)
         pairs = []
         for i, (s_name, t_name) in enumerate(
             zip(self.student_feature_names, self.teacher_feature_names)
         ):
-            f_t = self.teacher_poolers[i]([teacher_feature_maps[t_name]], boxes)
+            f_t = torch.cat(
+                [
+                    self.teacher_poolers[i]([maps[t_name][None]], [b])
+                    for maps, b in zip(teacher_maps, boxes)
+                ]
+            )
             f_s = self.student_poolers[i]([student_feature_maps[s_name]], boxes)
             pairs.append((f_t, self.mimic_adapters[i](f_s)))
         return pairs
@@ -335,6 +412,9 @@ class MimicRCNN(GeneralizedRCNN):
         storage.put_scalar("mimic/loss_unweighted", total.detach().item())
         storage.put_scalar("mimic/mismatch_ratio", torch.stack(mismatches).mean().item())
         storage.put_scalar("mimic/lambda", weight)
+        cache = self._teacher_cache
+        if cache is not None and cache.hits + cache.misses:
+            storage.put_scalar("mimic/teacher_cache_hit", cache.hits / (cache.hits + cache.misses))
         return {"loss_mimic": total * weight}
 
     def forward(self, batched_inputs: List[Dict[str, torch.Tensor]]):

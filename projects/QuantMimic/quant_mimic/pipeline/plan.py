@@ -102,14 +102,9 @@ def max_iter(bench: str, preset: Dict, stage: str, extra: Sequence[str]) -> int:
     opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage))) + list(extra)
     value = opt_lookup(opts, "SOLVER.MAX_ITER")
     if value is None:
-        from detectron2.config import get_cfg
+        from ..engine import get_config
 
-        from ..config import add_quantmimic_config
-
-        cfg = get_cfg()
-        add_quantmimic_config(cfg)
-        cfg.merge_from_file(config_file(bench, stage))
-        value = cfg.SOLVER.MAX_ITER
+        value = get_config(config_file(bench, stage)).SOLVER.MAX_ITER
     return int(value)
 
 

@@ -1,0 +1,249 @@
+"""The teacher-map cache (MODEL.MIMIC.TEACHER.CACHE_DIR, quant_mimic.teacher_cache): exact storage
+of a quantized teacher's levels, float16 for a full-precision one, the same loss_mimic with and
+without the cache through the real trainer, identity checks, corrupt entries, two processes filling
+one cache, and augmentations that cannot be cached."""
+
+import glob
+import os
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+
+from detectron2.engine import hooks, launch
+from detectron2.utils.env import seed_all_rng
+
+from quant_mimic import Trainer, setup_cfg
+from quant_mimic.quantization import quantize
+from quant_mimic.teacher_cache import FLOAT16_MAX, MapCodec, TeacherCacheError, fill_teacher_cache
+
+from .common import CONFIG_DIR, FAST_OPTS, random_inputs, register_tiny_dataset, trainer_opts
+
+QM = "Synth/faster_rcnn_R18-1-16_C4_quant_mimic.yaml"  # quantized ResNet18 teacher (res4)
+LI = "Synth/faster_rcnn_R18-1-16_C4_mimic.yaml"  # full-precision teacher
+RFCN_QM = "Synth/rfcn_VGG-1-32_quant_mimic.yaml"  # quantized VGG-1-4 teacher (vgg5, grey input)
+
+
+def _cfg(tmp, config=QM, cache="", extra=(), max_iter=4, teacher=""):
+    # the synthetic VOC configs have 6 classes
+    name = register_tiny_dataset(
+        "qm_tiny_cache_" + os.path.basename(tmp), os.path.join(tmp, "data"), num_classes=6
+    )
+    opts = FAST_OPTS + trainer_opts(name, os.path.join(tmp, "out"), max_iter)
+    opts += ["MODEL.MIMIC.TEACHER.CACHE_DIR", cache, "MODEL.MIMIC.TEACHER.WEIGHTS", teacher]
+    opts += ["SOLVER.BASE_LR", 0.001, "SOLVER.CLIP_GRADIENTS.ENABLED", True]
+    return setup_cfg(os.path.join(CONFIG_DIR, config), opts + list(extra))
+
+
+def _save_teacher(cfg, path, seed):
+    """A teacher checkpoint (random weights of the teacher config) at ``path``."""
+    torch.manual_seed(seed)
+    model = Trainer.build_model(cfg, load_teacher=False)
+    torch.save({"model": model.teacher.state_dict()}, path)
+    return path
+
+
+def _train_losses(cfg):
+    """loss_mimic (λ·L_m) at every iteration of a real Trainer run, seeded as train_net.py does
+    (default_setup): the same model, batches and flips on every call."""
+    seed_all_rng(cfg.SEED)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    values = []
+    trainer.register_hooks(
+        [
+            hooks.CallbackHook(
+                after_step=lambda t: values.append(t.storage.history("loss_mimic").latest())
+            )
+        ]
+    )
+    trainer.train()
+    model = getattr(trainer.model, "module", trainer.model)
+    return values, model
+
+
+class TestCodec(unittest.TestCase):
+    def test_levels_are_exact(self):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(16, 9, 11, generator=g) * 20
+        for q in (
+            {"stride": 1.0, "method": "uniform", "clip": None, "pow2_min_exp": -8},
+            {"stride": 0.435, "method": "uniform", "clip": None, "pow2_min_exp": -8},
+            {"stride": 0.3, "method": "uniform", "clip": 4.0, "pow2_min_exp": -8},
+            {"stride": 1.0, "method": "pow2", "clip": None, "pow2_min_exp": -8},
+            {"stride": 0.25, "method": "pow2", "clip": 8.0, "pow2_min_exp": -3},
+        ):
+            with self.subTest(q=q):
+                codec = MapCodec(q, quantized=True)
+                qx = quantize(x, **q)
+                stored = codec.encode(qx, "res4")
+                self.assertEqual(stored.dtype, np.uint8)
+                self.assertTrue(torch.equal(codec.decode(stored), qx))  # bit-exact
+
+    def test_level_beyond_uint8_and_off_codebook_refused(self):
+        codec = MapCodec(
+            {"stride": 0.01, "method": "uniform", "clip": None, "pow2_min_exp": -8}, True
+        )
+        with self.assertRaisesRegex(TeacherCacheError, "does not fit in uint8"):
+            codec.encode(quantize(torch.full((1, 2, 2), 3.0), stride=0.01), "vgg5")
+        with self.assertRaisesRegex(TeacherCacheError, "not on the code book"):
+            codec.encode(torch.full((1, 2, 2), 0.123456), "vgg5")
+
+    def test_float16_error_bound(self):
+        codec = MapCodec(None, quantized=False)
+        x = torch.randn(8, 20, 20) * 5
+        stored = codec.encode(x, "res4")
+        self.assertEqual(stored.dtype, np.float16)
+        rel = ((codec.decode(stored) - x).abs() / x.abs().clamp(min=1e-4)).max()
+        self.assertLessEqual(float(rel), 2.0**-11)  # float16's unit roundoff
+        with self.assertRaisesRegex(TeacherCacheError, "float16"):
+            codec.encode(torch.full((1, 1, 1), FLOAT16_MAX * 2), "res4")
+
+
+class TestCachedTraining(unittest.TestCase):
+    def test_same_loss_mimic_with_and_without_cache(self):
+        for config, exact in ((QM, True), (LI, False)):
+            with self.subTest(config=config), tempfile.TemporaryDirectory() as tmp:
+                teacher = _save_teacher(_cfg(tmp, config), os.path.join(tmp, "t.pth"), 3)
+                plain, _ = _train_losses(_cfg(tmp, config, teacher=teacher))
+                cache = os.path.join(tmp, "cache")
+                cold, model = _train_losses(_cfg(tmp, config, cache, teacher=teacher))
+                self.assertGreater(model.teacher_cache.misses, 0)  # lazy fill
+                warm, model = _train_losses(_cfg(tmp, config, cache, teacher=teacher))
+                c = model.teacher_cache
+                self.assertEqual((c.misses, c.rejected), (0, 0))  # every map read back
+                self.assertGreater(c.hits, 0)
+                self.assertEqual(len(plain), 4)
+                self.assertTrue(all(v > 0 for v in plain), plain)
+                for cached in (cold, warm):  # the cold run reads back what it wrote too
+                    if exact:  # uint8 levels: bit-identical maps, identical losses
+                        self.assertEqual(plain, cached)
+                    else:  # float16: within its rounding (measured ≤ 2e-5 relative here)
+                        np.testing.assert_allclose(cached, plain, rtol=2e-4)
+                        self.assertNotEqual(plain, warm)  # the float16 maps were really used
+                # the uint8 entries of the quantized teacher are a quarter of the float16 ones
+                sizes = [os.path.getsize(p) for p in glob.glob(f"{cache}/entries/*/*.qmt")]
+                self.assertGreater(len(sizes), 0)
+
+    def test_other_teacher_stride_or_size_refused(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = os.path.join(tmp, "cache")
+            a = _save_teacher(_cfg(tmp), os.path.join(tmp, "a.pth"), 1)
+            b = _save_teacher(_cfg(tmp), os.path.join(tmp, "b.pth"), 2)
+            inputs = random_inputs(_cfg(tmp), sizes=((96, 128),), num_boxes=(2,))
+            inputs[0]["file_name"] = "x.png"
+
+            def maps(teacher, extra=()):
+                model = Trainer.build_model(_cfg(tmp, cache=cache, teacher=teacher, extra=extra))
+                return model.train().teacher_maps(inputs)
+
+            maps(a)
+            maps(a)  # the same teacher and input rules: opens
+            # the same teacher weights, quantized with another stride s (its own config)
+            base = os.path.join(CONFIG_DIR, "Synth", "faster_rcnn_R18_C4_teacher_quantized.yaml")
+            half = os.path.join(tmp, "teacher_s05.yaml")
+            with open(half, "w") as f:
+                f.write(f"_BASE_: {base}\nMODEL:\n  QUANTIZATION:\n    STRIDE: 0.5\n")
+            for teacher, extra, named in (
+                (b, (), "teacher_sha256"),
+                (a, ("MODEL.MIMIC.TEACHER.CONFIG_FILE", half), "STRIDE"),
+                (a, ("INPUT.MIN_SIZE_TRAIN", (80,)), "INPUT.MIN_SIZE_TRAIN"),
+            ):
+                with self.subTest(named=named), self.assertRaisesRegex(TeacherCacheError, named):
+                    maps(teacher, extra)
+
+    def test_corrupt_entry_is_recomputed(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(tmp, cache=os.path.join(tmp, "cache"))
+            model = Trainer.build_model(cfg).train()
+            inputs = random_inputs(cfg, sizes=((96, 128), (64, 96)), num_boxes=(1, 1))
+            for k, x in enumerate(inputs):
+                x["file_name"] = f"{k}.png"
+            reference = model.teacher_maps(inputs)
+            entries = sorted(glob.glob(os.path.join(tmp, "cache", "entries", "*", "*.qmt")))
+            self.assertEqual(len(entries), 2)
+            for path, damage in zip(entries, ("truncate", "flip")):
+                data = open(path, "rb").read()
+                with open(path, "wb") as f:  # a kill mid-write, or a bad disk
+                    if damage == "truncate":
+                        f.write(data[: len(data) // 2])
+                    else:
+                        f.write(data[:-5] + bytes([data[-5] ^ 0xFF]) + data[-4:])
+            cache = model.teacher_cache
+            again = model.teacher_maps(inputs)
+            self.assertEqual(cache.rejected, 2)  # detected, not read
+            for r, a in zip(reference, again):
+                for k in r:
+                    self.assertTrue(torch.equal(r[k], a[k]))
+            model.teacher_maps(inputs)  # rewritten: read back now
+            self.assertEqual((cache.rejected, cache.hits), (2, 2))
+
+    def test_two_processes_fill_one_cache(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = os.path.join(tmp, "cache")
+            teacher = _save_teacher(_cfg(tmp), os.path.join(tmp, "t.pth"), 5)
+            launch(_fill_worker, 2, dist_url="auto", args=(tmp, cache, teacher))
+            cfg = _cfg(tmp, cache=cache, teacher=teacher)
+            model = Trainer.build_model(cfg).train()
+            stats = fill_teacher_cache(cfg, model)  # every input read back, none computed
+            self.assertEqual(stats["computed"], 0)
+            self.assertEqual(stats["inputs"], 2 * stats["images"])  # as read and flipped
+            self.assertEqual(stats["entries"], stats["inputs"])
+            self.assertEqual(model.teacher_cache.rejected, 0)
+            # the stored maps are the teacher's
+            off = Trainer.build_model(_cfg(tmp, teacher=teacher)).train()
+            inputs = random_inputs(cfg, sizes=((96, 128),), num_boxes=(1,))
+            inputs[0]["file_name"] = "y.png"
+            model.teacher_maps(inputs)
+            cached, direct = model.teacher_maps(inputs)[0], off.teacher_maps(inputs)[0]
+            for k in direct:
+                self.assertTrue(torch.equal(cached[k], direct[k]))
+
+
+def _fill_worker(tmp, cache, teacher):
+    # both ranks fill every image (lazily, as two training ranks would): the same entries, at once
+    from detectron2.data import get_detection_dataset_dicts
+
+    from quant_mimic.data import NamedErrorDatasetMapper
+
+    cfg = _cfg(tmp, cache=cache, teacher=teacher)
+    model = Trainer.build_model(cfg).train()
+    mapper = NamedErrorDatasetMapper(cfg, True)
+    for _ in range(3):  # random flips: both forms of most images
+        for d in get_detection_dataset_dicts(cfg.DATASETS.TRAIN):
+            model.teacher_maps([mapper(d)])
+    fill_teacher_cache(cfg, model)
+
+
+class TestUncacheableInput(unittest.TestCase):
+    def test_refused_at_start_up(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cache = os.path.join(tmp, "cache")
+            for extra, named in (
+                (("INPUT.MIN_SIZE_TRAIN", (80, 96)), "INPUT.MIN_SIZE_TRAIN"),
+                (("INPUT.MIN_SIZE_TRAIN_SAMPLING", "range", "INPUT.MIN_SIZE_TRAIN", (80, 96)),
+                 "INPUT.MIN_SIZE_TRAIN_SAMPLING"),
+                (("INPUT.CROP.ENABLED", True), "INPUT.CROP.ENABLED"),
+            ):  # fmt: skip
+                with self.subTest(named=named), self.assertRaisesRegex(TeacherCacheError, named):
+                    Trainer.build_model(_cfg(tmp, cache=cache, extra=extra))
+                # without the cache the same config builds
+                Trainer.build_model(_cfg(tmp, extra=extra))
+
+    def test_changing_input_refused(self):
+        # colour jitter in a custom mapper: one file reaching the teacher in ever new forms
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(tmp, config=RFCN_QM, cache=os.path.join(tmp, "cache"))
+            model = Trainer.build_model(cfg).train()
+            base = random_inputs(cfg, sizes=((96, 128),), num_boxes=(1,))[0]
+            with self.assertRaisesRegex(TeacherCacheError, "3 different forms"):
+                for k in range(3):
+                    x = dict(
+                        base, image=(base["image"] * (0.8 + 0.1 * k)).round(), file_name="j.png"
+                    )
+                    model.teacher_maps([x])
+
+
+if __name__ == "__main__":
+    unittest.main()
