@@ -173,11 +173,28 @@ class TestCachedTraining(unittest.TestCase):
             cache = model.teacher_cache
             again = model.teacher_maps(inputs)
             self.assertEqual(cache.rejected, 2)  # detected, not read
-            for r, a in zip(reference, again):
-                for k in r:
-                    self.assertTrue(torch.equal(r[k], a[k]))
+            for k in reference:
+                self.assertTrue(torch.equal(reference[k], again[k]))
             model.teacher_maps(inputs)  # rewritten: read back now
             self.assertEqual((cache.rejected, cache.hits), (2, 2))
+
+    def test_padding_is_part_of_the_key(self):
+        # An image's map near its border depends on how far its batch is padded: the same image
+        # alone and beside a larger one are two entries, each equal to the teacher's own result.
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(tmp, cache=os.path.join(tmp, "cache"))
+            model = Trainer.build_model(cfg).train()
+            off = Trainer.build_model(_cfg(tmp)).train()
+            off.load_state_dict(model.state_dict())
+            off.teacher.load_state_dict(model.teacher.state_dict())
+            a, b = random_inputs(cfg, sizes=((96, 128), (128, 160)), num_boxes=(1, 1))
+            a["file_name"], b["file_name"] = "a.png", "b.png"
+            for batch in ([a], [a, b], [a], [a, b]):
+                got, want = model.teacher_maps(batch), off.teacher_maps(batch)
+                for k in want:
+                    self.assertTrue(torch.equal(got[k], want[k]))
+            c = model.teacher_cache
+            self.assertEqual((c.misses, c.hits, c.size_on_disk()[0]), (3, 3, 3))
 
     def test_two_processes_fill_one_cache(self):
         with tempfile.TemporaryDirectory() as tmp:
@@ -196,7 +213,7 @@ class TestCachedTraining(unittest.TestCase):
             inputs = random_inputs(cfg, sizes=((96, 128),), num_boxes=(1,))
             inputs[0]["file_name"] = "y.png"
             model.teacher_maps(inputs)
-            cached, direct = model.teacher_maps(inputs)[0], off.teacher_maps(inputs)[0]
+            cached, direct = model.teacher_maps(inputs), off.teacher_maps(inputs)
             for k in direct:
                 self.assertTrue(torch.equal(cached[k], direct[k]))
 

@@ -77,6 +77,11 @@ class TestTools(unittest.TestCase):
         )
         self.assertGreater(rows[0]["backbone_ms"], 0)
         self.assertGreater(rows[0]["gmacs"], 0)
+        for r in rows:  # every row names its host
+            self.assertTrue(r["cpu"] and r["torch"] and r["onnxruntime"], r)
+            self.assertTrue(set(r["isa"]) <= {"avx2", "avx512f", "avx512_vnni", "amx_tile"}, r)
+        self.assertEqual(rows[2]["session"]["intra_op_num_threads"], 1)
+        self.assertEqual(rows[2]["session"]["graph_optimization_level"], "ORT_ENABLE_ALL")
 
     def test_demo_writes_png_of_input_size(self):
         import cv2

@@ -16,8 +16,11 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
 * ``onnxruntime``: the same module exported to ONNX (``--format onnx``), onnxruntime CPU session
   with ``--threads`` intra-op threads (CPU only).
 
-Also: parameters, fp32 size, backbone GMACs at 600×1000 (fvcore), and for ``pytorch`` the time
-split (preprocess / backbone / RPN / ROI head / postprocess). ``--peer``: torchvision's
+Every row records its host (``cpu`` model, ``isa``: which of avx2 / avx512f / avx512_vnni /
+amx_tile, ``torch`` and ``onnxruntime`` versions, threads) and, for onnxruntime, the session
+options (``session``: graph optimisation level, threads). Also: parameters, fp32 size, backbone
+GMACs at 600×1000 (fvcore), and for ``pytorch`` the time split (preprocess / backbone / RPN /
+ROI head / postprocess). ``--peer``: torchvision's
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights, the same 576×1024 input, its own
 resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms / model ms.
 """
@@ -38,9 +41,11 @@ from quant_mimic.export import (
     StudentInference,
     export_onnx,
     export_torchscript,
+    host_info,
     median_ms,
     onnx_session,
     run_onnx,
+    session_options,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -153,6 +158,8 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
             session = onnx_session(path, args.threads)
             fn = lambda: run_onnx(session, img)  # noqa: E731
         row = dict(common, runtime=runtime)
+        if runtime == "onnxruntime":
+            row["session"] = session_options(session)
         row["detector_ms"] = round(median_ms(fn, args.runs, args.warmup, cuda), 3)
         if runtime == "pytorch" and name in STUDENTS:
             row.update(time_split(module, img, args.runs, args.warmup, cuda))
@@ -229,7 +236,10 @@ def main(argv=None) -> List[Dict]:
     else:
         for r in rows:
             r["speedup_vs_peer"] = None
+    host = host_info()  # every row names its host: figures from two hosts cannot be compared
+    rows = [dict(r, **host) for r in rows]
     _print_table(rows, args)
+    print(f"host: {host}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -36,6 +36,8 @@ __all__ = [
     "compare_detections",
     "parity_report",
     "median_ms",
+    "host_info",
+    "session_options",
     "ONNX_OPSET",
 ]
 
@@ -183,6 +185,48 @@ def export_onnx(module: StudentInference, example: torch.Tensor, path: str) -> s
     onnx.checker.check_model(onnx.load(tmp))
     os.replace(tmp, path)
     return path
+
+
+def host_info() -> Dict:
+    """What a benchmark ran on: CPU model, which of avx2 / avx512f / avx512_vnni / amx_tile it has,
+    cores, torch threads and the torch / onnxruntime versions (a time without its host cannot be
+    compared with anyone's)."""
+    import platform
+
+    model, flags = platform.processor() or platform.machine(), set()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key = line.split(":", 1)[0].strip()
+                if key == "model name":
+                    model = line.split(":", 1)[1].strip()
+                elif key == "flags":
+                    flags = set(line.split(":", 1)[1].split())
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = None
+    return {
+        "cpu": model,
+        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "onnxruntime": ort_version,
+    }
+
+
+def session_options(session) -> Dict:
+    """The options an onnxruntime session runs with (graph optimisation level, threads)."""
+    o = session.get_session_options()
+    return {
+        "graph_optimization_level": str(o.graph_optimization_level).split(".")[-1],
+        "intra_op_num_threads": o.intra_op_num_threads,
+        "inter_op_num_threads": o.inter_op_num_threads,
+        "execution_mode": str(o.execution_mode).split(".")[-1],
+    }
 
 
 def onnx_session(path: str, threads: int = 0):

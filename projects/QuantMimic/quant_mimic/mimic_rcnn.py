@@ -291,36 +291,41 @@ class MimicRCNN(GeneralizedRCNN):
 
     def teacher_maps(self, batched_inputs, fill_only: bool = False):
         """
-        The teacher's maps at the mimicked features, one image at a time: each image alone,
-        padded to the teacher's size divisibility only, so that an image's map does not depend on
-        the other images of its batch (and can be cached). In training with
-        ``MODEL.MIMIC.TEACHER.CACHE_DIR`` set they are read from the cache, or computed and
-        written there.
+        The teacher's maps at the mimicked features for a batch, computed as the student's are: on
+        the batch padded to one size (detectron2's ``ImageList``). In training with
+        ``MODEL.MIMIC.TEACHER.CACHE_DIR`` set, each image's map in that padded layout is read from
+        the cache when every image of the batch has one (an entry is keyed by the image, its size
+        and the padded size, so it is exactly what the teacher would compute here); otherwise the
+        teacher runs on the batch and the missing entries are written.
 
         Args:
             batched_inputs (list[dict]): the model inputs.
             fill_only (bool): only fill the cache; return the number of maps computed.
 
         Returns:
-            list[dict[str->Tensor]]: per image, {teacher feature name: (C, H_j, W_j)}, no grad.
+            dict[str->Tensor]: {teacher feature name: (N, C, H', W')}, without grad.
         """
         cache = self.teacher_cache if self.training else None
-        out, computed = [], 0
-        for inp in batched_inputs:
-            name = inp.get("file_name", "")
-            maps = cache.get(name, inp["image"]) if cache is not None else None
-            if maps is None:
-                with torch.no_grad():
-                    images = self.teacher.preprocess_image([inp])
-                    feats = self.teacher.backbone(images.tensor)
-                maps = {n: feats[n][0] for n in self.teacher_feature_names}
-                computed += 1
-                if cache is not None:
-                    cache.put(name, inp["image"], maps)
-            elif not fill_only:
-                maps = {n: v.to(self.device) for n, v in maps.items()}
-            out.append(maps)
-        return computed if fill_only else out
+        images = self.teacher.preprocess_image(batched_inputs)
+        padded = tuple(images.tensor.shape[-2:])
+        names = self.teacher_feature_names
+        stored = [None] * len(batched_inputs)
+        if cache is not None:
+            stored = [cache.get(x.get("file_name", ""), x["image"], padded) for x in batched_inputs]
+        if all(m is not None for m in stored):
+            if fill_only:
+                return 0
+            return {n: torch.stack([m[n] for m in stored]).to(self.device) for n in names}
+        with torch.no_grad():
+            feats = self.teacher.backbone(images.tensor)
+        maps = {n: feats[n] for n in names}
+        if cache is not None:
+            for j, (x, m) in enumerate(zip(batched_inputs, stored)):
+                if m is None:
+                    cache.put(
+                        x.get("file_name", ""), x["image"], padded, {n: maps[n][j] for n in names}
+                    )
+        return sum(m is None for m in stored) if fill_only else maps
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -374,12 +379,7 @@ class MimicRCNN(GeneralizedRCNN):
         for i, (s_name, t_name) in enumerate(
             zip(self.student_feature_names, self.teacher_feature_names)
         ):
-            f_t = torch.cat(
-                [
-                    self.teacher_poolers[i]([maps[t_name][None]], [b])
-                    for maps, b in zip(teacher_maps, boxes)
-                ]
-            )
+            f_t = self.teacher_poolers[i]([teacher_maps[t_name]], boxes)
             f_s = self.student_poolers[i]([student_feature_maps[s_name]], boxes)
             pairs.append((f_t, self.mimic_adapters[i](f_s)))
         return pairs

@@ -11,10 +11,16 @@ about a scratch step.
   of the power-of-2 level s·2^e) and decoded by the quantizer's own arithmetic, so the decoded map
   is bit-identical to the teacher's; a level index above 255 is an error. A full-precision
   teacher's map is stored as float16 (relative rounding error ≤ 2^-11 = 4.9e-4 per entry).
-* **Entries.** One file per (image file, size after resize, exact preprocessed input): the key
-  includes a BLAKE2b digest of the input tensor the model receives, so a flipped image, another
-  scale or a changed file on disk is another entry, never a wrong one. Each file holds a JSON
-  header (key, shapes, dtypes, CRC-32 of every map) and the raw maps, and is read memory-mapped
+* **Entries.** One file per (image file, size after resize, size of the padded batch, exact
+  preprocessed input): the key includes a BLAKE2b digest of the input tensor the model receives,
+  so a flipped image, another scale or a changed file on disk is another entry, never a wrong one.
+  The teacher reads a batch padded to one size, like the student, and an image's map near its
+  border depends on that padding, so the map is stored as computed in its padded batch and read
+  only for batches padded the same way: always, with one image per batch (the paper's one image
+  per GPU) or images of one size (the synthetic benchmarks); with mixed sizes several images a
+  batch, each padding an image meets is an entry of its own (more misses, never a wrong map).
+  Each file holds a JSON header (key, shapes, dtypes, CRC-32 of every map) and the raw maps, and
+  is read memory-mapped
   (``numpy.memmap``): ranks read entries on demand, never the whole cache. Writes go to a temporary
   file renamed into place (atomic): a run killed while filling leaves no entry that reads back
   wrong, and two ranks writing the same entry write the same bytes. An entry whose header, size or
@@ -290,16 +296,18 @@ class TeacherMapCache:
                 + "\nPoint MODEL.MIMIC.TEACHER.CACHE_DIR at another folder (or delete this one)."
             )
 
-    def entry_path(self, file_name: str, image: torch.Tensor) -> tuple:
+    def entry_path(self, file_name: str, image: torch.Tensor, padded: Sequence[int]) -> tuple:
         """(key, path) of the entry of one input; the key names the file, the size after
-        resize and the input's digest."""
+        resize, the size of the padded batch the teacher reads, and the input's digest."""
         h, w = image.shape[-2:]
-        key = f"{file_name}|{h}x{w}|{image_digest(image)}"
+        ph, pw = padded
+        key = f"{file_name}|{h}x{w}|padded {ph}x{pw}|{image_digest(image)}"
         name = hashlib.sha1(key.encode()).hexdigest()
-        self._check_forms(file_name, (h, w), key)
+        self._check_forms(file_name, (h, w, ph, pw), key)
         return key, os.path.join(self.root, "entries", name[:2], name + ".qmt")
 
     def _check_forms(self, file_name: str, size: tuple, key: str) -> None:
+        # the same file, size and padding: only the flips may differ
         forms = self._forms.setdefault((file_name, size), set())
         forms.add(key)
         if len(forms) > self.max_forms:
@@ -310,9 +318,12 @@ class TeacherMapCache:
                 "teacher's map cannot be cached; set MODEL.MIMIC.TEACHER.CACHE_DIR '' (off)"
             )
 
-    def get(self, file_name: str, image: torch.Tensor) -> Optional[Dict[str, torch.Tensor]]:
-        """The stored maps {name: (C, H, W) float32} of one input, or None (missing or bad)."""
-        key, path = self.entry_path(file_name, image)
+    def get(
+        self, file_name: str, image: torch.Tensor, padded: Sequence[int]
+    ) -> Optional[Dict[str, torch.Tensor]]:
+        """The stored maps {name: (C, H', W') float32} of one input in a batch padded to
+        ``padded`` (H, W), or None (missing or bad)."""
+        key, path = self.entry_path(file_name, image, padded)
         maps = self._read(path, key)
         if maps is None:
             self.misses += 1
@@ -350,9 +361,16 @@ class TeacherMapCache:
             logger.warning(f"Teacher cache entry {path} is unreadable ({e}): recomputed")
             return None
 
-    def put(self, file_name: str, image: torch.Tensor, maps: Dict[str, torch.Tensor]) -> None:
-        """Store the maps {name: (C, H, W)} of one input (atomic)."""
-        key, path = self.entry_path(file_name, image)
+    def put(
+        self,
+        file_name: str,
+        image: torch.Tensor,
+        padded: Sequence[int],
+        maps: Dict[str, torch.Tensor],
+    ) -> None:
+        """Store the maps {name: (C, H', W')} of one input in a batch padded to ``padded``
+        (atomic)."""
+        key, path = self.entry_path(file_name, image, padded)
         blobs, meta = [], []
         for name in self.identity["features"]:
             arr = np.ascontiguousarray(self.codecs[name].encode(maps[name], name))
@@ -398,7 +416,9 @@ class TeacherMapCache:
 def fill_teacher_cache(cfg: CfgNode, model=None, log_every: int = 50) -> Dict:
     """
     Pre-fill ``MODEL.MIMIC.TEACHER.CACHE_DIR`` for ``DATASETS.TRAIN`` (every image as read and,
-    with ``INPUT.RANDOM_FLIP``, flipped), on this rank's share of the images.
+    with ``INPUT.RANDOM_FLIP``, flipped), on this rank's share of the images, each image alone
+    (padded to the teacher's size divisibility): the entries that training reads with one image
+    per batch (the paper: one per GPU) or with images of one size (the synthetic benchmarks).
 
     Args:
         cfg: the MimicRCNN config (frozen or not).

@@ -43,6 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redo the selected stages")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
     p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")
+    p.add_argument(
+        "--no-teacher-cache",
+        action="store_true",
+        help="run the teacher at every mimic step instead of caching its maps "
+        "(DIR/teacher_cache/<teacher stage>, shared by every seed, λ and row)",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
     return p
 

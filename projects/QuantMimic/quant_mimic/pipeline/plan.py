@@ -18,6 +18,7 @@ from .benches import (
 )
 
 __all__ = [
+    "teacher_cache_dir",
     "load_preset",
     "dict_opts",
     "opt_lookup",
@@ -76,10 +77,23 @@ def opt_lookup(opts: Sequence[str], key: str, default=None):
     return value
 
 
+def teacher_cache_dir(out: str, teacher_stage: str) -> str:
+    """The teacher-map cache of one teacher stage, shared by every student that mimics it."""
+    return os.path.join(out, "teacher_cache", teacher_stage)
+
+
 def stage_opts(
-    bench: str, preset: Dict, out: str, stage: str, seed: Optional[int], extra: Sequence[str]
+    bench: str,
+    preset: Dict,
+    out: str,
+    stage: str,
+    seed: Optional[int],
+    extra: Sequence[str],
+    teacher_cache: bool = True,
 ) -> List[str]:
-    """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra)."""
+    """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra);
+    a student that mimics a teacher reads that teacher's maps from its cache (``teacher_cache``,
+    :mod:`quant_mimic.teacher_cache`), unless the user's overrides name another one."""
     opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
     if stage == "teacher_quantized":
         opts += ["MODEL.WEIGHTS", os.path.join(stage_dir(out, "teacher", None), "model_final.pth")]
@@ -92,6 +106,8 @@ def stage_opts(
             "MODEL.MIMIC.TEACHER.WEIGHTS",
             os.path.join(tdir, "model_final.pth"),
         ]
+        if teacher_cache:
+            opts += ["MODEL.MIMIC.TEACHER.CACHE_DIR", teacher_cache_dir(out, teacher)]
     opts += ["SEED", str(seed if seed is not None else preset.get("teacher_seed", 0))]
     opts += ["OUTPUT_DIR", stage_dir(out, stage, seed)]
     return opts + list(extra)

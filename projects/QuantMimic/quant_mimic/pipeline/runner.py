@@ -17,7 +17,14 @@ from .benches import (
     data_root,
     stage_dir,
 )
-from .plan import generate_data, load_preset, max_iter, plan_stages, stage_opts
+from .plan import (
+    generate_data,
+    load_preset,
+    max_iter,
+    plan_stages,
+    stage_opts,
+    teacher_cache_dir,
+)
 from .plots import plot_learning_curves, plot_mismatch, plot_results
 from .progress import Progress, fmt_s, logged_rate
 from .records import (
@@ -147,7 +154,7 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
             d = stage_dir(out, stage, seed)
             if not is_done(d):
                 continue
-            opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+            opts = stage_opts(bench, preset, out, stage, seed, args.opts, teacher_cache=False)
             opts += ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
             stats = collect_mimic_statistics(config_file(bench, stage), opts)
             per_stage.extend(stats.pop("roi_mismatch_ratio"))
@@ -161,6 +168,10 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
         write_atomic(
             os.path.join(out, "mimic_statistics.json"), json.dumps(summary, indent=2) + "\n"
         )
+
+
+def _use_cache(args) -> bool:
+    return not getattr(args, "no_teacher_cache", False)
 
 
 def run(args, train: Optional[Callable] = None) -> List[Dict]:
@@ -211,8 +222,10 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             continue
         if args.force and os.path.isdir(d):
             shutil.rmtree(d)
+        if stage in TEACHER_STAGES and os.path.isdir(teacher_cache_dir(out, stage)):
+            shutil.rmtree(teacher_cache_dir(out, stage))  # maps of the teacher being retrained
         print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
-        opts = stage_opts(bench, preset, out, stage, seed, args.opts)
+        opts = stage_opts(bench, preset, out, stage, seed, args.opts, _use_cache(args))
         start = time.time()
         watcher = _RateWatcher(progress, stage, d, k - 1, label)
         watcher.start()
