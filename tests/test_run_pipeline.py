@@ -134,6 +134,24 @@ class TestAggregation(unittest.TestCase):
         with self.assertRaises(SystemExit):
             parse_args(base + ["--stages", "nope"])
 
+    def test_teacher_cache_flag(self):
+        base = ["--bench", "faces", "--preset", "smoke", "--out", "/o"]
+        from quant_mimic.pipeline import load_preset
+
+        preset = load_preset("smoke", "faces")
+        for argv, cached in ((base, True), (base + ["--no-teacher-cache"], False)):
+            a = parse_args(argv)
+            opts = pipeline.stage_opts(
+                "faces", preset, "/o", "mimic", 0, a.opts, not a.no_teacher_cache
+            )
+            kv = dict(zip(opts[::2], opts[1::2]))
+            self.assertEqual(
+                kv.get("MODEL.MIMIC.TEACHER.CACHE_DIR"),
+                os.path.join("/o", "teacher_cache", "teacher") if cached else None,
+            )
+        scratch = pipeline.stage_opts("faces", preset, "/o", "scratch", 0, [])
+        self.assertNotIn("MODEL.MIMIC.TEACHER.CACHE_DIR", scratch)
+
     def test_plan_stages_generates_missing_data(self):
         with tempfile.TemporaryDirectory() as d:
             missing = os.path.join(d, "datasets", "synth", "widerface")
@@ -371,6 +389,14 @@ class TestSmokePipeline(unittest.TestCase):
             for stage in ("mimic", "quant_mimic_teacher_only", "quant_mimic"):
                 with open(os.path.join(out, f"{stage}_seed0", "metrics.json")) as f:
                     self.assertIn("loss_mimic", f.read(), stage)
+            # one teacher-map cache per teacher stage, shared by its students' seeds and rows
+            for teacher in ("teacher", "teacher_quantized"):
+                cache = os.path.join(out, "teacher_cache", teacher)
+                self.assertTrue(os.path.isfile(os.path.join(cache, "manifest.json")), teacher)
+                self.assertTrue(os.listdir(os.path.join(cache, "entries")), teacher)
+            with open(os.path.join(out, "quant_mimic_seed1", "metrics.json")) as f:
+                hits = [json.loads(x).get("mimic/teacher_cache_hit") for x in f]
+            self.assertGreater(max(h for h in hits if h is not None), 0.5)  # seed 1 reads
             ckpts = {
                 d: _mtime(os.path.join(out, d, "model_final.pth"))
                 for d in os.listdir(out)
