@@ -50,6 +50,14 @@ def time_steps(cfg, iters: int, warmup: int) -> list:
     return times
 
 
+def _relative(path: str) -> str:
+    """A config path relative to the repository when it is inside it (results do not name hosts'
+    folders)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root) if full.startswith(root + os.sep) else path
+
+
 def projected_sizes(model, cfg) -> dict:
     """Bytes per input of the teacher's mimicked maps at 600×1000 (the real configs' training
     scale, an upper bound: the longer side ≤ 1000) and the cache of each real training set."""
@@ -131,7 +139,7 @@ def main(argv=None) -> int:
         rows.append(
             {
                 "row": label,
-                "config": args.config_file,
+                "config": _relative(args.config_file),
                 "cache": cached,
                 "s_per_iter": round(statistics.median(times), 5),
                 "iters": args.iters,
