@@ -15,13 +15,14 @@ import json
 import os
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.evaluation import verify_results
 from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.utils import comm
 
 from quant_mimic import Trainer, setup_cfg  # registers everything
 from quant_mimic.checkpoint import atomic_write_text, load_checkpoint_strict
+from quant_mimic.engine import launch_from_args
 
 FINAL_METRICS = "final_metrics.json"
 
@@ -92,11 +93,4 @@ def main(args):
 if __name__ == "__main__":
     args = build_parser().parse_args()
     print("Command Line Args:", args)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)

@@ -27,6 +27,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, get_config
+from quant_mimic.checkpoint import atomic_write_text
 from quant_mimic.export import host_info
 from quant_mimic.teacher_cache import fill_teacher_cache
 
@@ -166,9 +167,7 @@ def main(argv=None) -> int:
             "cache_fill": fill,
         }
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
+        atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -13,11 +13,12 @@ fills its share. Prints a progress line, then the number of entries and the size
 
 import logging
 
-from detectron2.engine import default_argument_parser, launch
+from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from quant_mimic import Trainer, get_config
+from quant_mimic.engine import launch_from_args
 from quant_mimic.teacher_cache import fill_teacher_cache
 
 
@@ -47,11 +48,4 @@ def main(args) -> dict:
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     logging.basicConfig(level=logging.INFO)
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    launch_from_args(main, args)

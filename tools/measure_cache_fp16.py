@@ -17,6 +17,8 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from quant_mimic.checkpoint import atomic_write_text  # noqa: E402
+
 from tests.test_teacher_cache import _cfg, _save_teacher, _train_losses  # noqa: E402
 
 CONFIGS = ("Synth/rfcn_VGG-1-32_mimic.yaml", "Synth/faster_rcnn_R18-1-16_C4_mimic.yaml")
@@ -41,9 +43,7 @@ def main(argv=None) -> int:
             rows.append({"config": config, "loss_mimic": plain, "cached": warm, "relative": rel})
             print(f"{config}: relative difference per iteration {[f'{r:.1e}' for r in rel]}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-            f.write("\n")
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 

@@ -15,6 +15,7 @@ from detectron2.data import (
 )
 from detectron2.engine import DefaultTrainer, default_setup
 from detectron2.engine import defaults as d2_defaults
+from detectron2.engine import launch as d2_launch
 from detectron2.evaluation import COCOEvaluator
 from detectron2.modeling import build_model
 from detectron2.utils import comm
@@ -27,7 +28,7 @@ from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
 from .stride_calibration import apply_stride_calibration
 from .teacher import pin_teacher, resolve_teacher_config_path
 
-__all__ = ["get_config", "setup_cfg", "Trainer"]
+__all__ = ["get_config", "setup_cfg", "launch_from_args", "Trainer"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,20 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
         if calibration:
             logger.info(f"MODEL.QUANTIZATION.STRIDE calibrated (ours): {calibration}")
     return cfg
+
+
+def launch_from_args(main_fn, args):
+    """detectron2's ``launch`` of ``main_fn(args)`` with the processes the command line asks for
+    (``default_argument_parser``'s ``--num-gpus``, ``--num-machines``, ``--machine-rank``,
+    ``--dist-url``)."""
+    return d2_launch(
+        main_fn,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
 
 
 # projects/QuantMimic/quant_mimic/engine.py -> <repo>/configs

@@ -76,20 +76,13 @@ class _StageLogs:
 
 def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
     """``train_net.py --config-file CFG --resume --num-gpus N OPTS`` through detectron2's launch."""
-    from detectron2.engine import launch
+    from ..engine import launch_from_args
 
     train_net = _train_net()
     argv = ["--config-file", cfg_file, "--num-gpus", str(num_gpus), "--resume"] + list(opts)
     args = train_net.build_parser().parse_args(argv)
     with _StageLogs():
-        launch(
-            train_net.main,
-            args.num_gpus,
-            num_machines=args.num_machines,
-            machine_rank=args.machine_rank,
-            dist_url=args.dist_url,
-            args=(args,),
-        )
+        launch_from_args(train_net.main, args)
 
 
 class _RateWatcher(threading.Thread):
