@@ -11,12 +11,16 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from quant_mimic.export import (
+    ORT_LEVELS,
     StudentInference,
     compare_detections,
     export_onnx,
     export_torchscript,
     fold_batchnorm,
+    onnx_session,
     parity_report,
+    session_options,
+    tune_onnx,
 )
 
 from .common import REPO_ROOT, build_model_no_weights, get_config
@@ -97,6 +101,36 @@ class TestExportRoundTrip(unittest.TestCase):
 
     def test_faster_rcnn_resnet_student(self):
         self._round_trip(FRCNN)
+
+
+class TestOnnxRuntimeLevel(unittest.TestCase):
+    def test_fastest_level_recorded_and_applied(self):
+        import numpy as np
+        import onnx
+
+        cfg = get_config(RFCN)
+        module = StudentInference(_randomise_bn(build_model_no_weights(cfg)))
+        image = example_images(cfg, sizes=SIZES[:1])[0]
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(module, image, os.path.join(d, "m.onnx"))
+            level = lambda s: session_options(s)["graph_optimization_level"]  # noqa: E731
+            self.assertEqual(level(onnx_session(path, 1)), "ORT_ENABLE_ALL")  # untuned default
+            tuned = tune_onnx(path, 1, image.numpy(), runs=2)
+            self.assertEqual(set(tuned["timings_ms"]), set(ORT_LEVELS))
+            self.assertEqual(tuned["level"], min(tuned["timings_ms"], key=tuned["timings_ms"].get))
+            props = {p.key: p.value for p in onnx.load(path).metadata_props}
+            self.assertEqual(props["quant_mimic.ort_graph_optimization_level"], tuned["level"])
+            session = onnx_session(path, 1)  # a plain load gets the recorded level
+            self.assertEqual(level(session), tuned["level"])
+            self.assertEqual(level(onnx_session(path, 1, "ORT_ENABLE_BASIC")), "ORT_ENABLE_BASIC")
+            self.assertIn(level(onnx_session(path, 1, "auto")), ORT_LEVELS)
+            with self.assertRaisesRegex(ValueError, "Unknown onnxruntime graph optimisation"):
+                onnx_session(path, 1, "fast")
+            # the tuned file still meets the contract, with parity
+            boxes, scores, classes = session.run(None, {"image": image.numpy().astype(np.float32)})
+            with torch.no_grad():
+                ref = module(image)
+            self.assertTrue(compare_detections(ref, (boxes, scores, classes))["ok"])
 
 
 class TestExportCLI(unittest.TestCase):

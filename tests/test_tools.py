@@ -81,7 +81,10 @@ class TestTools(unittest.TestCase):
             self.assertTrue(r["cpu"] and r["torch"] and r["onnxruntime"], r)
             self.assertTrue(set(r["isa"]) <= {"avx2", "avx512f", "avx512_vnni", "amx_tile"}, r)
         self.assertEqual(rows[2]["session"]["intra_op_num_threads"], 1)
-        self.assertEqual(rows[2]["session"]["graph_optimization_level"], "ORT_ENABLE_ALL")
+        timings = rows[2]["ort_level_timings_ms"]  # the fastest level on this host, applied
+        self.assertEqual(
+            rows[2]["session"]["graph_optimization_level"], min(timings, key=timings.get)
+        )
 
     def test_demo_writes_png_of_input_size(self):
         import cv2

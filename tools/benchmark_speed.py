@@ -13,8 +13,10 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
   its CPU convolution backend (oneDNN or native) chosen by timing (``autotune_conv_backend``);
 * ``torchscript``: the same module traced and frozen (``tools/export_student.py --format
   torchscript``);
-* ``onnxruntime``: the same module exported to ONNX (``--format onnx``), onnxruntime CPU session
-  with ``--threads`` intra-op threads (CPU only).
+* ``onnxruntime``: the same module exported to ONNX (``--format onnx``), its graph optimisation
+  level chosen by timing on this host and recorded in the file as the export tool does
+  (``tune_onnx``; the per-level times are in the row), onnxruntime CPU session with ``--threads``
+  intra-op threads (CPU only).
 
 Every row records its host (``cpu`` model, ``isa``: which of avx2 / avx512f / avx512_vnni /
 amx_tile, ``torch`` and ``onnxruntime`` versions, threads) and, for onnxruntime, the session
@@ -46,6 +48,7 @@ from quant_mimic.export import (
     onnx_session,
     run_onnx,
     session_options,
+    tune_onnx,
 )
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -141,6 +144,7 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
         common.update({k: round(v, 3) for k, v in tuned.items()})
     rows = []
     for runtime in args.runtimes:
+        row_extra = {}
         if runtime == "onnxruntime" and cuda:
             continue
         if runtime == "pytorch":
@@ -155,9 +159,12 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
 
         else:
             path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
+            row_extra["ort_level_timings_ms"] = tune_onnx(path, args.threads, img.cpu().numpy())[
+                "timings_ms"
+            ]  # as tools/export_student.py does: the fastest level, recorded in the file
             session = onnx_session(path, args.threads)
             fn = lambda: run_onnx(session, img)  # noqa: E731
-        row = dict(common, runtime=runtime)
+        row = dict(common, runtime=runtime, **row_extra)
         if runtime == "onnxruntime":
             row["session"] = session_options(session)
         row["detector_ms"] = round(median_ms(fn, args.runs, args.warmup, cuda), 3)

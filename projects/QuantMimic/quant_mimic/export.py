@@ -32,6 +32,9 @@ __all__ = [
     "export_torchscript",
     "export_onnx",
     "onnx_session",
+    "time_ort_levels",
+    "tune_onnx",
+    "ORT_LEVELS",
     "run_onnx",
     "compare_detections",
     "parity_report",
@@ -229,16 +232,99 @@ def session_options(session) -> Dict:
     }
 
 
-def onnx_session(path: str, threads: int = 0):
-    """An onnxruntime CPU session (``threads`` intra-op threads; 0 = onnxruntime's default)."""
+ORT_LEVELS = ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
+ORT_LEVEL_KEY = "quant_mimic.ort_graph_optimization_level"  # ONNX metadata written by tune_onnx
+ORT_TUNED_ON_KEY = "quant_mimic.ort_tuned_on"
+
+
+def _onnx_metadata(path: str) -> Dict[str, str]:
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def _example_input(path: str, height: int = 576, width: int = 1024) -> np.ndarray:
+    """A random image of the model's channel count (the contract's input: (C, H, W), 0-255)."""
+    import onnx
+
+    dims = onnx.load(path, load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    channels = dims[0].dim_value or 3
+    return (np.random.RandomState(0).rand(channels, height, width) * 255).astype(np.float32)
+
+
+def _session(path: str, threads: int, level: str):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def time_ort_levels(
+    path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
+) -> Dict[str, float]:
+    """Median ms of one inference of the ONNX file at each graph optimisation level, on this host.
+    onnxruntime's layout optimisations (ORT_ENABLE_ALL: NCHWc reorders) can cost more than they save
+    on 2- to 16-channel convolutions, by CPU (docs/SPEED.md): the best level is measured, not set.
+    """
+    x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
+    out = {}
+    for level in ORT_LEVELS:
+        session = _session(path, threads, level)
+        out[level] = round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
+    return out
+
+
+def tune_onnx(path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10) -> Dict:
+    """
+    Time the graph optimisation levels on this host (:func:`time_ort_levels`) and record the
+    fastest in the file's metadata (``quant_mimic.ort_graph_optimization_level``, with the host and
+    timings in ``quant_mimic.ort_tuned_on``), so that :func:`onnx_session` applies it on a plain
+    load.
+
+    Returns:
+        dict: ``level``, ``timings_ms`` (per level), ``host``.
+    """
+    import json
+
+    import onnx
+
+    timings = time_ort_levels(path, threads, example, runs)
+    level = min(timings, key=timings.get)
+    host = host_info()
+    tuned_on = {"cpu": host["cpu"], "isa": host["isa"], "onnxruntime": host["onnxruntime"]}
+    tuned_on.update(threads=threads, timings_ms=timings)
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update({ORT_LEVEL_KEY: level, ORT_TUNED_ON_KEY: json.dumps(tuned_on)})
+    onnx.helper.set_model_props(model, props)
+    tmp = path + ".tmp"
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return {"level": level, "timings_ms": timings, "host": tuned_on}
+
+
+def onnx_session(path: str, threads: int = 0, level: str = ""):
+    """
+    An onnxruntime CPU session of an exported student (``threads`` intra-op threads; 0 =
+    onnxruntime's default) with its graph optimisation level: ``level`` if given (one of
+    :data:`ORT_LEVELS`, or "auto": timed now on this host), else the one :func:`tune_onnx` recorded
+    in the file (``tools/export_student.py`` does at export), else ORT_ENABLE_ALL.
+    """
+    if level == "auto":
+        timings = time_ort_levels(path, threads)
+        level = min(timings, key=timings.get)
+    if not level:
+        level = _onnx_metadata(path).get(ORT_LEVEL_KEY, "ORT_ENABLE_ALL")
+    if level not in ORT_LEVELS:
+        raise ValueError(
+            f"Unknown onnxruntime graph optimisation level {level!r}; use {ORT_LEVELS}"
+        )
+    return _session(path, threads, level)
 
 
 def run_onnx(session, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
