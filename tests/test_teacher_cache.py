@@ -218,6 +218,35 @@ class TestCachedTraining(unittest.TestCase):
                 self.assertTrue(torch.equal(cached[k], direct[k]))
 
 
+class TestCacheTeacherTool(unittest.TestCase):
+    def test_prefill_command_line(self):
+        import subprocess
+        import sys
+
+        from quant_mimic.pipeline.plan import generate_data, load_preset
+
+        from .common import REPO_ROOT
+
+        with tempfile.TemporaryDirectory() as tmp:
+            generate_data("faces", load_preset("smoke", "faces"), tmp, False)
+            qm = os.path.join(CONFIG_DIR, RFCN_QM)
+            teacher = _save_teacher(
+                setup_cfg(qm, ["MODEL.MIMIC.TEACHER.WEIGHTS", "", "MODEL.DEVICE", "cpu"]),
+                os.path.join(tmp, "t.pth"),
+                4,
+            )
+            cache = os.path.join(tmp, "cache")
+            cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "cache_teacher.py")]
+            cmd += ["--config-file", qm, "MODEL.MIMIC.TEACHER.WEIGHTS", teacher]
+            cmd += ["MODEL.MIMIC.TEACHER.CACHE_DIR", cache, "MODEL.DEVICE", "cpu"]
+            env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(tmp, "datasets"))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            self.assertIn("Teacher cache:", proc.stderr + proc.stdout)  # the progress line
+            self.assertRegex(proc.stdout, r"10 entries, [0-9.]+ MiB on disk")  # 5 images x 2 flips
+            self.assertEqual(len(glob.glob(os.path.join(cache, "entries", "*", "*.qmt"))), 10)
+
+
 def _fill_worker(tmp, cache, teacher):
     # both ranks fill every image (lazily, as two training ranks would): the same entries, at once
     from detectron2.data import get_detection_dataset_dicts
