@@ -68,8 +68,10 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     if config_file:
         cfg.merge_from_file(config_file)
     cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
-    teacher_cfg = resolve_teacher_config_path(config_file, opts)
-    if teacher_cfg is not None:  # relative to the yaml that names it, like _BASE_
+    # A value in the yaml was resolved by merge_from_file (add_quantmimic_config); one on the
+    # command line is relative to the working directory.
+    teacher_cfg = resolve_teacher_config_path("", opts)
+    if teacher_cfg is not None:
         cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg
     validate_quantmimic_config(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():

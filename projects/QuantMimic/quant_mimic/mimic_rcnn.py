@@ -32,7 +32,7 @@ from .teacher import (
     mimic_quantizer_args,
     teacher_fingerprint,
 )
-from .teacher_cache import TeacherMapCache, cache_identity, check_cacheable_input, image_digest
+from .teacher_cache import TeacherMapCache, cache_identity, check_cacheable_input, tensor_digest
 
 __all__ = ["mimic_loss", "MimicRCNN"]
 
@@ -285,7 +285,7 @@ class MimicRCNN(GeneralizedRCNN):
                 sha = teacher_fingerprint(self.teacher_weights)["sha256"]
             else:  # a random teacher (tests): what its weights are, not a file
                 state = self.teacher.state_dict()
-                sha = "weights:" + image_digest(
+                sha = "weights:" + tensor_digest(
                     torch.cat([v.detach().flatten().double().cpu() for v in state.values()])
                 )
             identity = dict(self._teacher_cache_identity, teacher_sha256=sha)
@@ -313,9 +313,12 @@ class MimicRCNN(GeneralizedRCNN):
         images = self.teacher.preprocess_image(batched_inputs)
         padded = tuple(images.tensor.shape[-2:])
         names = self.teacher_feature_names
-        stored = [None] * len(batched_inputs)
+        entries, stored = [], [None] * len(batched_inputs)
         if cache is not None:
-            stored = [cache.get(x.get("file_name", ""), x["image"], padded) for x in batched_inputs]
+            entries = [
+                cache.entry(x.get("file_name", ""), x["image"], padded) for x in batched_inputs
+            ]
+            stored = [cache.get(e) for e in entries]
         if all(m is not None for m in stored):
             if fill_only:
                 return 0
@@ -323,12 +326,9 @@ class MimicRCNN(GeneralizedRCNN):
         with torch.no_grad():
             feats = self.teacher.backbone(images.tensor)
         maps = {n: feats[n] for n in names}
-        if cache is not None:
-            for j, (x, m) in enumerate(zip(batched_inputs, stored)):
-                if m is None:
-                    cache.put(
-                        x.get("file_name", ""), x["image"], padded, {n: maps[n][j] for n in names}
-                    )
+        for j, (e, m) in enumerate(zip(entries, stored)):
+            if m is None:
+                cache.put(e, {n: maps[n][j] for n in names})
         return sum(m is None for m in stored) if fill_only else maps
 
     def train(self, mode: bool = True):

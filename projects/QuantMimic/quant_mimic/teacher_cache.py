@@ -42,7 +42,7 @@ import os
 import tempfile
 import time
 import zlib
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -245,13 +245,21 @@ def _atomic_write_bytes(path: str, chunks: Sequence[bytes]) -> None:
         raise
 
 
-def image_digest(image: torch.Tensor) -> str:
-    """BLAKE2b of a model input tensor (dtype, shape and bytes)."""
+def tensor_digest(image: torch.Tensor) -> str:
+    """BLAKE2b of a tensor (dtype, shape and bytes): a model input or a random teacher's weights."""
     t = image.detach().cpu().contiguous()
     h = hashlib.blake2b(digest_size=16)
     h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
     h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
     return h.hexdigest()
+
+
+class Entry(NamedTuple):
+    """One cache entry: its key (file, size, padded size, input digest) and file."""
+
+    key: str
+    path: str
+    file_name: str
 
 
 class TeacherMapCache:
@@ -296,15 +304,16 @@ class TeacherMapCache:
                 + "\nPoint MODEL.MIMIC.TEACHER.CACHE_DIR at another folder (or delete this one)."
             )
 
-    def entry_path(self, file_name: str, image: torch.Tensor, padded: Sequence[int]) -> tuple:
-        """(key, path) of the entry of one input; the key names the file, the size after
-        resize, the size of the padded batch the teacher reads, and the input's digest."""
+    def entry(self, file_name: str, image: torch.Tensor, padded: Sequence[int]) -> Entry:
+        """The :class:`Entry` of one input, for :meth:`get` and :meth:`put`; its key names the
+        file, the size after resize, the size of the padded batch the teacher reads, and the
+        input's digest (computed here, once)."""
         h, w = image.shape[-2:]
         ph, pw = padded
-        key = f"{file_name}|{h}x{w}|padded {ph}x{pw}|{image_digest(image)}"
+        key = f"{file_name}|{h}x{w}|padded {ph}x{pw}|{tensor_digest(image)}"
         name = hashlib.sha1(key.encode()).hexdigest()
         self._check_forms(file_name, (h, w, ph, pw), key)
-        return key, os.path.join(self.root, "entries", name[:2], name + ".qmt")
+        return Entry(key, os.path.join(self.root, "entries", name[:2], name + ".qmt"), file_name)
 
     def _check_forms(self, file_name: str, size: tuple, key: str) -> None:
         # the same file, size and padding: only the flips may differ
@@ -318,13 +327,10 @@ class TeacherMapCache:
                 "teacher's map cannot be cached; set MODEL.MIMIC.TEACHER.CACHE_DIR '' (off)"
             )
 
-    def get(
-        self, file_name: str, image: torch.Tensor, padded: Sequence[int]
-    ) -> Optional[Dict[str, torch.Tensor]]:
-        """The stored maps {name: (C, H', W') float32} of one input in a batch padded to
-        ``padded`` (H, W), or None (missing or bad)."""
-        key, path = self.entry_path(file_name, image, padded)
-        maps = self._read(path, key)
+    def get(self, entry: Entry) -> Optional[Dict[str, torch.Tensor]]:
+        """The stored maps {name: (C, H', W') float32} of an :meth:`entry`, or None (missing or
+        bad)."""
+        maps = self._read(entry.path, entry.key)
         if maps is None:
             self.misses += 1
         else:
@@ -361,16 +367,9 @@ class TeacherMapCache:
             logger.warning(f"Teacher cache entry {path} is unreadable ({e}): recomputed")
             return None
 
-    def put(
-        self,
-        file_name: str,
-        image: torch.Tensor,
-        padded: Sequence[int],
-        maps: Dict[str, torch.Tensor],
-    ) -> None:
-        """Store the maps {name: (C, H', W')} of one input in a batch padded to ``padded``
-        (atomic)."""
-        key, path = self.entry_path(file_name, image, padded)
+    def put(self, entry: Entry, maps: Dict[str, torch.Tensor]) -> None:
+        """Store the maps {name: (C, H', W')} of an :meth:`entry` (atomic)."""
+        key, path, file_name = entry
         blobs, meta = [], []
         for name in self.identity["features"]:
             arr = np.ascontiguousarray(self.codecs[name].encode(maps[name], name))
