@@ -209,6 +209,10 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.MIMIC.QUANT_METHOD = ""
     # λ of eq. 4 (paper: 0.1, 1, 10; Table 9). A float: write 10.0, not 10.
     _C.MODEL.MIMIC.LOSS_WEIGHT = 1.0
+    # Scale of L_m (ours). "sum" (the paper, eq. 5/6): L_m = 1/(2N) Σ_i ‖·‖², summed over the
+    # C·k·k entries of each RoI, so λ's meaning grows with the teacher's width C and the pooled size
+    # k. "mean": L_m = 1/(2N) Σ_i ‖·‖² / (C·k·k), the per-entry mean, comparable across teachers.
+    _C.MODEL.MIMIC.LOSS_NORMALIZATION = "sum"
     # Linear warm-up of λ over this many iterations from START_ITER (0 = none).
     _C.MODEL.MIMIC.WARMUP_ITERS = 0
     # λ = 0 before this iteration.
@@ -268,6 +272,12 @@ def validate_quantmimic_config(cfg: CN) -> None:
     _check(0 < c.PERCENTILE <= 100, key + "PERCENTILE", c.PERCENTILE, "must be in (0, 100]")
     _check(c.NUM_IMAGES > 0, key + "NUM_IMAGES", c.NUM_IMAGES, "must be > 0")
     _check(m.LOSS_WEIGHT >= 0, "MODEL.MIMIC.LOSS_WEIGHT", m.LOSS_WEIGHT, "λ must be ≥ 0")
+    _check(
+        m.LOSS_NORMALIZATION in ("sum", "mean"),
+        "MODEL.MIMIC.LOSS_NORMALIZATION",
+        m.LOSS_NORMALIZATION,
+        "'sum' (eq. 5/6) or 'mean' (per entry)",
+    )
     _check(m.NUM_ROIS > 0, "MODEL.MIMIC.NUM_ROIS", m.NUM_ROIS, "N must be > 0")
     _check(m.QUANT_STRIDE >= 0, "MODEL.MIMIC.QUANT_STRIDE", m.QUANT_STRIDE, "≥ 0 (0 = inherit)")
     _check(

@@ -47,6 +47,7 @@ def mimic_loss(
     quantize_student: bool = True,
     quantizer: Optional[Dict] = None,
     mismatch_threshold: float = 0.3,
+    normalization: str = "sum",
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """
     The mimic loss of eq. 6 (eq. 5 when both switches are off).
@@ -58,9 +59,12 @@ def mimic_loss(
         quantizer (dict): keyword arguments of :func:`quantize` (stride, method, clip,
             pow2_min_exp); default: the paper's s = 1 uniform code book.
         mismatch_threshold (float): threshold of the Fig. 5 mismatch ratio.
+        normalization (str): "sum" (eq. 5/6: each RoI's squared error summed over its C·S·S
+            entries) or "mean" (ours: divided by C·S·S, the per-entry mean).
 
     Returns:
-        (Tensor, Tensor): L_m = 1/(2N) Σ_i ‖·‖²₂ (a scalar; 0 with gradient if N = 0), and the mean
+        (Tensor, Tensor): L_m = 1/(2N) Σ_i ‖·‖²₂ (a scalar; 0 with gradient if N = 0; "mean":
+        also / (C·S·S)), and the mean
         over RoIs of the fraction of entries with |f_t − f_s| > threshold (Fig. 5), without grad.
     """
     assert teacher_feats.shape == student_feats.shape, (
@@ -76,6 +80,10 @@ def mimic_loss(
     s = quantize(student_feats, **q) if quantize_student else student_feats
     # Σ‖t − s‖² in one fused pass (and one for its gradient)
     loss = F.mse_loss(s, t, reduction="sum") / (2.0 * n)
+    if normalization == "mean":
+        loss = loss / (s.numel() // n)
+    elif normalization != "sum":
+        raise ValueError(f"normalization must be 'sum' or 'mean', got {normalization!r}")
     with torch.no_grad():
         # the mean over RoIs of per-RoI fractions: every RoI has C·S·S entries, one global mean
         mismatch = (t - s.detach()).abs_().gt_(mismatch_threshold).sum() / s.numel()
@@ -159,6 +167,7 @@ class MimicRCNN(GeneralizedRCNN):
         start_iter: int = 0,
         stop_iter: int = -1,
         mismatch_threshold: float = 0.3,
+        loss_normalization: str = "sum",
         teacher_cache_dir: str = "",
         teacher_cache_identity: Optional[Dict] = None,
         **kwargs,
@@ -180,6 +189,8 @@ class MimicRCNN(GeneralizedRCNN):
             warmup_iters (int): λ ramps linearly from 0 over this many iterations after start_iter.
             start_iter / stop_iter (int): λ = 0 before start_iter and from stop_iter on (-1: never).
             mismatch_threshold (float): Fig. 5 diagnostic threshold.
+            loss_normalization (str): "sum" (eq. 5/6) or "mean" (per RoI entry), see
+                :func:`mimic_loss`.
             teacher_cache_dir (str): where the teacher's maps are cached in training ("" = off,
                 see :mod:`quant_mimic.teacher_cache`).
             teacher_cache_identity (dict): :func:`cache_identity` without the teacher's SHA-256,
@@ -214,6 +225,7 @@ class MimicRCNN(GeneralizedRCNN):
         self.start_iter = start_iter
         self.stop_iter = stop_iter
         self.mismatch_threshold = mismatch_threshold
+        self.loss_normalization = loss_normalization
         self.teacher_cache_dir = teacher_cache_dir
         self._teacher_cache_identity = teacher_cache_identity
         self._teacher_cache: Optional[TeacherMapCache] = None
@@ -258,6 +270,7 @@ class MimicRCNN(GeneralizedRCNN):
             start_iter=m.START_ITER,
             stop_iter=m.STOP_ITER,
             mismatch_threshold=m.MISMATCH_THRESHOLD,
+            loss_normalization=m.LOSS_NORMALIZATION,
             teacher_cache_dir=m.TEACHER.CACHE_DIR,
             teacher_cache_identity=identity,
         )
@@ -438,6 +451,7 @@ class MimicRCNN(GeneralizedRCNN):
                 quantize_student=self.quantize_student,
                 quantizer=self.quantizer,
                 mismatch_threshold=self.mismatch_threshold,
+                normalization=self.loss_normalization,
             )
             total = total + loss
             mismatches.append(mismatch)

@@ -4,6 +4,8 @@
         --num-train 300 --num-val 100 --seed 0
     python -m quant_mimic.data.synthetic --out datasets/synth/VOC2007 --kind voc \
         --num-train 300 --num-val 100 --seed 0
+    python -m quant_mimic.data.synthetic --out datasets/synth/cls --kind cls \
+        --num-train 300 --num-val 60 --size 64 --seed 0      # per class; see synthetic_cls.py
 
 faces: real face crops shipped with scikit-image (``skimage.data.lfw_subset()``: 100 faces, plus 100
 non-faces pasted as 2-8 distractors per image, processed like faces) on real textures (brick, grass,
@@ -343,19 +345,38 @@ def _write_voc_xml(path: str, fileid: str, w: int, h: int, objects) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description="Write QuantMimic's synthetic benchmark")
-    parser.add_argument("--out", required=True, help="output folder (WIDER FACE or VOC2007 layout)")
-    parser.add_argument("--kind", required=True, choices=["faces", "voc"])
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=100)
+    parser.add_argument(
+        "--out", required=True, help="output folder (WIDER FACE, VOC2007 or ImageFolder layout)"
+    )
+    parser.add_argument(
+        "--kind",
+        required=True,
+        choices=["faces", "voc", "cls"],
+        help="cls: the ImageFolder classification set for backbone pretraining (synthetic_cls.py)",
+    )
+    parser.add_argument("--num-train", type=int, default=300, help="images (cls: per class)")
+    parser.add_argument("--num-val", type=int, default=None, help="default 100 (cls: 60 per class)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--height", type=int, default=192)
     parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--size", type=int, default=64, help="cls: image side in pixels")
     args = parser.parse_args(argv)
     start = time.perf_counter()
+    if args.kind == "cls":
+        from .synthetic_cls import generate_cls
+
+        num_val = 60 if args.num_val is None else args.num_val
+        m = generate_cls(args.out, args.num_train, num_val, args.seed, args.size)
+        print(
+            f"Wrote {args.num_train} + {num_val} images per class, {len(m['classes'])} classes, "
+            f"to {args.out} in {time.perf_counter() - start:.1f} s"
+        )
+        return
+    num_val = 100 if args.num_val is None else args.num_val
     fn = generate_faces if args.kind == "faces" else generate_voc
-    fn(args.out, args.num_train, args.num_val, args.seed, (args.height, args.width))
+    fn(args.out, args.num_train, num_val, args.seed, (args.height, args.width))
     print(
-        f"Wrote {args.num_train} + {args.num_val} {args.kind} images to {args.out} "
+        f"Wrote {args.num_train} + {num_val} {args.kind} images to {args.out} "
         f"in {time.perf_counter() - start:.1f} s"
     )
 

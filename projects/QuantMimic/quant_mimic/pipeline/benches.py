@@ -19,6 +19,9 @@ __all__ = [
     "stage_kind",
     "stage_dir",
     "split_run_name",
+    "PRETRAIN_STAGE",
+    "pretrain_dir",
+    "cls_data_root",
 ]
 
 # projects/QuantMimic/quant_mimic/pipeline/benches.py -> the repository (editable install).
@@ -28,6 +31,7 @@ PRESET_DIR = os.path.join(REPO_ROOT, "configs", "Synth", "presets")
 
 STAGES = (
     "data",
+    "pretrain",
     "teacher",
     "teacher_quantized",
     "scratch",
@@ -36,8 +40,11 @@ STAGES = (
     "quant_mimic_teacher_only",
     "quant_mimic",
 )
-# Run only when named in --stages: Table 5's control (the student alone with its output quantized).
-OPTIONAL_STAGES = ("scratch_quantized",)
+# Run only when named in --stages: Table 5's control (the student alone with its output quantized);
+# the classification pretraining of the student's backbone (Table 7's "finetuned on ImageNet"; also
+# run when --init pretrained finds no pretrained backbone).
+PRETRAIN_STAGE = "pretrain"
+OPTIONAL_STAGES = (PRETRAIN_STAGE, "scratch_quantized")
 DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 TEACHER_STAGES = ("teacher", "teacher_quantized")
 # Student stages and the teacher stage they learn from (None: no teacher).
@@ -111,6 +118,16 @@ def data_root(bench: str, out: str) -> str:
     """The benchmark's synthetic data folder under run folder ``out`` (``DETECTRON2_DATASETS``
     is ``out/datasets``)."""
     return os.path.join(out, "datasets", BENCHES[bench]["data_dir"])
+
+
+def pretrain_dir(out: str) -> str:
+    """The pretrain stage's output (``backbone.pth`` ...), shared by every student, seed and λ."""
+    return os.path.join(out, PRETRAIN_STAGE)
+
+
+def cls_data_root(out: str) -> str:
+    """The built-in classification set the pretrain stage writes and reads."""
+    return os.path.join(out, "datasets", "synth", "cls")
 
 
 def stage_kind(stage: str) -> str:

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="STAGE",
         help=f"default: {DEFAULT_STAGES}; optional: {OPTIONAL_STAGES}",
     )
+    p.add_argument(
+        "--init",
+        choices=["random", "pretrained"],
+        help="how student stages start: random weights, or the pretrain stage's backbone.pth "
+        "(run first when missing; paper Table 7, §3.5). Default: the preset's init, 'pretrained' "
+        "when --stages names pretrain, else random",
+    )
     p.add_argument("--force", action="store_true", help="redo the selected stages")
     p.add_argument("--num-gpus", type=int, default=1, help="processes per stage (train_net.py)")
     p.add_argument("--no-mismatch", action="store_true", help="skip the Fig. 5 evaluation pass")

@@ -9,10 +9,14 @@ from .benches import (
     BENCHES,
     DEFAULT_STAGES,
     PRESET_DIR,
+    PRETRAIN_STAGE,
     STAGES,
     STUDENT_TEACHER,
+    TEACHER_STAGES,
+    cls_data_root,
     config_file,
     data_root,
+    pretrain_dir,
     stage_dir,
     stage_kind,
 )
@@ -26,29 +30,67 @@ __all__ = [
     "max_iter",
     "plan_stages",
     "generate_data",
+    "student_init",
+    "pretrain_argv",
+    "generate_cls_data",
 ]
 
-PRESET_SECTIONS = {"data", "opts", "teacher", "teacher_quantized", "student"}
+PRESET_SECTIONS = {"data", "opts", "teacher", "teacher_quantized", "student", "pretrain", "init"}
+INITS = ("random", "pretrained")
 
 
-def load_preset(name: str, bench: str) -> Dict:
+def _preset_path(name: str, relative_to: Optional[str] = None) -> str:
+    """A preset name's file; a yaml path is relative to ``relative_to`` (a ``_BASE_``'s preset
+    folder) or the working directory."""
+    if not name.endswith((".yaml", ".yml")):
+        return os.path.join(PRESET_DIR, name + ".yaml")
+    return os.path.join(relative_to, name) if relative_to else name
+
+
+def _merge(base: Dict, over: Dict) -> Dict:
+    """``over`` on ``base``: dict sections merged key by key, other values replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_preset(name: str, bench: str, _relative_to: Optional[str] = None) -> Dict:
     """
     The preset's section for ``bench``: ``data`` (generator arguments), ``opts`` (every stage),
-    ``teacher`` / ``teacher_quantized`` / ``student`` (per stage kind), each a {KEY: value} dict.
-    ``name`` is a preset of ``configs/Synth/presets`` (``smoke``, ``cpu``, ``gpu``) or a yaml path.
+    ``teacher`` / ``teacher_quantized`` / ``student`` (per stage kind), each a {KEY: value} dict;
+    ``init`` ("random" or "pretrained": how student stages start) and ``pretrain`` (``data``: the
+    classification set's generator arguments; ``args``: ``tools/pretrain_backbone.py`` flags).
+    ``name`` is a preset of ``configs/Synth/presets`` (``smoke``, ``cpu``, ``gpu``, ...) or a yaml
+    path. A preset with ``_BASE_: other.yaml`` is ``other.yaml`` with its sections merged key by key.
     """
-    path = name if name.endswith((".yaml", ".yml")) else os.path.join(PRESET_DIR, name + ".yaml")
+    path = _preset_path(name, _relative_to)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Preset {name!r} not found (looked for {path})")
     with open(path) as f:
         preset = yaml.safe_load(f) or {}
-    if bench not in preset:
+    base = preset.pop("_BASE_", None)
+    if bench not in preset and base is None:
         raise KeyError(f"Preset {path} has no section for bench {bench!r}")
-    section = preset[bench]
+    section = preset.get(bench) or {}
+    if base is not None:
+        section = _merge(load_preset(base, bench, os.path.dirname(path)), section)
     unknown = set(section) - PRESET_SECTIONS
     if unknown:
         raise KeyError(f"Preset {path}, bench {bench}: unknown sections {sorted(unknown)}")
+    if section.get("init", "random") not in INITS:
+        raise ValueError(f"Preset {path}, bench {bench}: init must be one of {INITS}")
     return section
+
+
+def student_init(requested: Optional[str], preset: Dict, stages: Optional[Sequence[str]]) -> str:
+    """How student stages start: ``requested`` (``--init``), else "pretrained" when the pretrain
+    stage is named in ``stages``, else the preset's ``init`` (default "random")."""
+    if requested:
+        return requested
+    if stages and PRETRAIN_STAGE in stages:
+        return "pretrained"
+    return preset.get("init", "random")
 
 
 def _opt_value(value) -> str:
@@ -90,11 +132,15 @@ def stage_opts(
     seed: Optional[int],
     extra: Sequence[str],
     teacher_cache: bool = True,
+    init: str = "random",
 ) -> List[str]:
     """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra);
     a student that mimics a teacher reads that teacher's maps from its cache (``teacher_cache``,
-    :mod:`quant_mimic.teacher_cache`), unless the user's overrides name another one."""
+    :mod:`quant_mimic.teacher_cache`), unless the user's overrides name another one; with ``init``
+    "pretrained" a student starts from the pretrain stage's ``backbone.pth``."""
     opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
+    if init == "pretrained" and stage not in TEACHER_STAGES:
+        opts += ["MODEL.WEIGHTS", os.path.join(pretrain_dir(out), "backbone.pth")]
     if stage == "teacher_quantized":
         opts += ["MODEL.WEIGHTS", os.path.join(stage_dir(out, "teacher", None), "model_final.pth")]
     teacher = STUDENT_TEACHER.get(stage)
@@ -134,6 +180,29 @@ def plan_stages(requested: Optional[Sequence[str]], data_root_: str) -> List[str
     if stages and "data" not in stages and not os.path.isdir(data_root_):
         stages.insert(0, "data")
     return stages
+
+
+def pretrain_argv(bench: str, preset: Dict, out: str, num_gpus: int) -> List[str]:
+    """``tools/pretrain_backbone.py`` arguments of the pretrain stage: the backbone of the bench's
+    student (its scratch config), the built-in classification set, the preset's ``pretrain.args``
+    (e.g. ``epochs: 30`` -> ``--epochs 30``)."""
+    argv = ["--config-file", config_file(bench, "scratch"), "--data", cls_data_root(out)]
+    argv += ["--output", pretrain_dir(out), "--num-gpus", str(num_gpus)]
+    for k, v in ((preset.get("pretrain") or {}).get("args") or {}).items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return argv
+
+
+def generate_cls_data(preset: Dict, out: str, force: bool) -> str:
+    """The classification set of the pretrain stage, from the preset's ``pretrain.data``."""
+    from ..data.synthetic_cls import generate_cls
+
+    root = cls_data_root(out)
+    if os.path.isdir(root) and not force:
+        return f"{root} exists"
+    d = dict((preset.get("pretrain") or {}).get("data") or {})
+    generate_cls(root, int(d.pop("num_train", 300)), int(d.pop("num_val", 60)), **d)
+    return f"wrote {root}"
 
 
 def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:

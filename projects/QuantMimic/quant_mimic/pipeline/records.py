@@ -2,11 +2,14 @@
 
 A record holds ``bench``, ``preset``, ``stage``, ``config`` (relative to the repository), ``seed``,
 ``iterations``, ``wall_s``, ``device``, ``metrics`` (the stage's ``final_metrics.json``) and
-``overrides`` (the user's ``KEY VALUE`` list, which makes a row of its own); a stage that
+``overrides`` (the user's ``KEY VALUE`` list, which makes a row of its own), ``init`` ("random",
+or "pretrained" for a student started from the pretrain stage's ``backbone.pth``, then also
+``init_sha256``, that file's SHA-256; a stage folder's ``init.json`` keeps it); a stage that
 calibrated its stride adds ``stride_calibration``; a student run that went to Inf/NaN adds
 ``diverged``, ``diverged_at_iter`` and ``error`` and has ``metrics`` {}.
 """
 
+import hashlib
 import json
 import os
 from typing import Dict, List, Optional
@@ -26,9 +29,13 @@ __all__ = [
     "last_iteration",
     "load_records",
     "sorted_records",
+    "file_sha256",
+    "stage_init",
+    "check_stage_init",
 ]
 
 FINAL_METRICS = "final_metrics.json"  # written by train_net.py into OUTPUT_DIR
+INIT_FILE = "init.json"  # how a stage run started (random / pretrained + SHA-256), pipeline-written
 DIVERGED = "DIVERGED"  # marker file in a stage folder whose training went to Inf/NaN
 
 
@@ -60,6 +67,49 @@ def _calibration_record(d: str) -> Dict:
     return {"stride_calibration": {k: rec[k] for k in keys if k in rec}}
 
 
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stage_init(args, stage: str) -> Dict:
+    """The ``init`` fields of a stage run the pipeline starts now: teachers train from random
+    weights; students as ``args.init`` says."""
+    if stage in TEACHER_STAGES or getattr(args, "init", "random") != "pretrained":
+        return {"init": "random"}
+    return {"init": "pretrained", "init_sha256": args.init_sha256}
+
+
+def check_stage_init(args, stage: str, d: str) -> None:
+    """A stage folder that started otherwise than this run asks is an error naming both (its
+    results would be recorded under the wrong ``init``); a new folder gets ``init.json``."""
+    want = stage_init(args, stage)
+    path = os.path.join(d, INIT_FILE)
+    if os.path.isfile(path):
+        have = read_json(path)
+        if have != want and not getattr(args, "force", False):
+            raise RuntimeError(
+                f"{d} started with {have}, this run asks {want}: use another --out, or --force "
+                "to retrain it"
+            )
+        if have == want:
+            return
+    elif os.path.isdir(d) and os.listdir(d) and not getattr(args, "force", False):
+        if want["init"] != "random":  # a folder from before init.json existed was random
+            raise RuntimeError(f"{d} started from random weights, this run asks {want}")
+        return
+    os.makedirs(d, exist_ok=True)
+    write_atomic(path, json.dumps(want) + "\n")
+
+
+def _init_record(d: str) -> Dict:
+    path = os.path.join(d, INIT_FILE)
+    return read_json(path) if os.path.isfile(path) else {"init": "random"}
+
+
 def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict:
     """One results.json record; ``wall`` is None for a finished stage found without a record;
     ``metrics`` (default: the stage's ``final_metrics.json``) is {} for a diverged run."""
@@ -74,6 +124,7 @@ def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict
         "device": device,
         "metrics": read_json(os.path.join(d, FINAL_METRICS)) if metrics is None else metrics,
         "overrides": list(args.opts),
+        **_init_record(d),
         **_calibration_record(d),
     }
 

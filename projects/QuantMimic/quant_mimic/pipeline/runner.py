@@ -11,25 +11,32 @@ from typing import Callable, Dict, List, Optional
 from .benches import (
     BENCHES,
     FIG5_STAGES,
+    PRETRAIN_STAGE,
     TEACHER_STAGES,
     TRAIN_NET,
     config_file,
     data_root,
+    pretrain_dir,
     stage_dir,
 )
 from .plan import (
+    generate_cls_data,
     generate_data,
     load_preset,
     max_iter,
     plan_stages,
+    pretrain_argv,
     stage_opts,
+    student_init,
     teacher_cache_dir,
 )
 from .plots import plot_learning_curves, plot_mismatch, plot_results
 from .progress import Progress, fmt_s, logged_rate
 from .records import (
     DIVERGED,
+    check_stage_init,
     diverged_record,
+    file_sha256,
     is_divergence,
     is_done,
     last_iteration,
@@ -83,6 +90,32 @@ def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
     args = train_net.build_parser().parse_args(argv)
     with _StageLogs():
         launch_from_args(train_net.main, args)
+
+
+def pretrain_stage(bench: str, preset: Dict, out: str, num_gpus: int, force: bool) -> str:
+    """
+    The pretrain stage: the built-in classification set (``DIR/datasets/synth/cls``), then
+    ``tools/pretrain_backbone.py`` on the bench's student backbone into ``DIR/pretrain``, whose
+    ``backbone.pth`` every student stage, seed and λ then starts from (``--init pretrained``).
+    """
+    from ..engine import launch_from_args
+    from ..pretrain import BACKBONE_FILE, build_parser, main
+
+    backbone = os.path.join(pretrain_dir(out), BACKBONE_FILE)
+    if os.path.isfile(backbone) and not force:
+        return f"skip, done ({backbone})"
+    if force and os.path.isdir(pretrain_dir(out)):
+        shutil.rmtree(pretrain_dir(out))
+    data = generate_cls_data(preset, out, force)
+    args = build_parser().parse_args(pretrain_argv(bench, preset, out, num_gpus))
+    start = time.time()
+    with _StageLogs():
+        launch_from_args(main, args)
+    metrics = json.load(open(os.path.join(pretrain_dir(out), "pretrain_metrics.json")))[-1]
+    return (
+        f"{data}; pretrained in {fmt_s(time.time() - start)}: top-1 {metrics['top1']:.1f} %, "
+        f"top-5 {metrics['top5']:.1f} % after {metrics['epoch']} epochs ({backbone})"
+    )
 
 
 class _RateWatcher(threading.Thread):
@@ -147,7 +180,9 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
             d = stage_dir(out, stage, seed)
             if not is_done(d):
                 continue
-            opts = stage_opts(bench, preset, out, stage, seed, args.opts, teacher_cache=False)
+            opts = stage_opts(
+                bench, preset, out, stage, seed, args.opts, teacher_cache=False, init=args.init
+            )
             opts += ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
             stats = collect_mimic_statistics(config_file(bench, stage), opts)
             per_stage.extend(stats.pop("roi_mismatch_ratio"))
@@ -183,9 +218,13 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
 
     register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
     stages = plan_stages(args.stages, data_root(bench, out))
+    args.init = student_init(getattr(args, "init", None), preset, args.stages)
+    backbone = os.path.join(pretrain_dir(out), "backbone.pth")
+    if args.init == "pretrained" and PRETRAIN_STAGE not in stages and not os.path.isfile(backbone):
+        stages.insert(1 if stages[:1] == ["data"] else 0, PRETRAIN_STAGE)
     runs = []
     for stage in stages:
-        if stage == "data":
+        if stage in ("data", PRETRAIN_STAGE):
             runs.append((stage, None, 0))
             continue
         its = max_iter(bench, preset, stage, args.opts)
@@ -200,7 +239,19 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
         if stage == "data":
             print(f"{label}: {generate_data(bench, preset, out, args.force)}", flush=True)
             continue
+        if stage == PRETRAIN_STAGE:
+            print(f"{label} …", flush=True)
+            done = pretrain_stage(bench, preset, out, args.num_gpus, args.force)
+            print(f"{label}: {done}", flush=True)
+            continue
+        if args.init == "pretrained" and not getattr(args, "init_sha256", None):
+            if not os.path.isfile(backbone):
+                raise FileNotFoundError(
+                    f"--init pretrained: {backbone} does not exist; run the pretrain stage"
+                )
+            args.init_sha256 = file_sha256(backbone)
         d = stage_dir(out, stage, seed)
+        check_stage_init(args, stage, d)
         if os.path.isfile(os.path.join(d, DIVERGED)) and not args.force:
             print(f"{label}: skip, diverged ({d}/{DIVERGED}; --force to retry)", flush=True)
             if (stage, seed) not in records:
@@ -215,10 +266,13 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             continue
         if args.force and os.path.isdir(d):
             shutil.rmtree(d)
+            check_stage_init(args, stage, d)
         if stage in TEACHER_STAGES and os.path.isdir(teacher_cache_dir(out, stage)):
             shutil.rmtree(teacher_cache_dir(out, stage))  # maps of the teacher being retrained
         print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
-        opts = stage_opts(bench, preset, out, stage, seed, args.opts, _use_cache(args))
+        opts = stage_opts(
+            bench, preset, out, stage, seed, args.opts, _use_cache(args), init=args.init
+        )
         start = time.time()
         watcher = _RateWatcher(progress, stage, d, k - 1, label)
         watcher.start()

@@ -38,9 +38,12 @@ def welch(a: Sequence[float], b: Sequence[float]) -> Tuple[float, float]:
 
 
 def row_label(record: Dict) -> str:
-    """A table row: the stage, plus its overrides (last key component and value) when it has any."""
+    """A table row: the stage, plus ``init pretrained`` for a student started from a pretrained
+    backbone and its overrides (last key component and value) when it has any."""
     opts = list(record.get("overrides") or [])
     pairs = [f"{k.split('.')[-1]} {v}" for k, v in zip(opts[::2], opts[1::2])]
+    if record.get("init") == "pretrained":
+        pairs.insert(0, "init pretrained")
     return record["stage"] + (f" ({', '.join(pairs)})" if pairs else "")
 
 
