@@ -57,6 +57,24 @@ class TestMimicLoss(unittest.TestCase):
         loss.backward()
         self.assertTrue(torch.allclose(fs.grad, (quantize(fs.detach()) - quantize(ft)) / 2))
 
+    def test_loss_normalization_mean_is_per_entry(self):
+        g = torch.Generator().manual_seed(0)
+        ft, fs = torch.randn(5, 6, 3, 3, generator=g) * 3, torch.randn(5, 6, 3, 3, generator=g) * 3
+        for q in (True, False):
+            total, _ = mimic_loss(ft, fs, quantize_teacher=q, quantize_student=q)
+            mean, _ = mimic_loss(
+                ft, fs, quantize_teacher=q, quantize_student=q, normalization="mean"
+            )
+            self.assertAlmostEqual(mean.item(), total.item() / (6 * 3 * 3), places=5)
+        with self.assertRaisesRegex(ValueError, "normalization"):
+            mimic_loss(ft, fs, normalization="avg")
+        cfg = get_config(
+            "Synth/rfcn_VGG-1-32_mimic.yaml", ["MODEL.MIMIC.LOSS_NORMALIZATION", "mean"]
+        )
+        self.assertEqual(build_model_no_weights(cfg).loss_normalization, "mean")
+        with self.assertRaisesRegex(ValueError, "LOSS_NORMALIZATION"):
+            get_config("Synth/rfcn_VGG-1-32_mimic.yaml", ["MODEL.MIMIC.LOSS_NORMALIZATION", "avg"])
+
     def test_empty_rois(self):
         fs = torch.zeros(0, 4, 3, 3, requires_grad=True)
         loss, mismatch = mimic_loss(torch.zeros(0, 4, 3, 3), fs)

@@ -35,7 +35,7 @@ from quant_mimic.pipeline.records import divergence_message
 from .common import REPO_ROOT
 
 RECORD_KEYS = {"bench", "preset", "stage", "config", "seed", "iterations", "wall_s", "device"}
-RECORD_KEYS |= {"metrics", "overrides"}
+RECORD_KEYS |= {"metrics", "overrides", "init"}
 
 
 def _run(out, *extra, bench="faces", seeds=2):
@@ -415,6 +415,55 @@ class TestSmokePipeline(unittest.TestCase):
                 self.assertEqual(changed, d.startswith("scratch"), d)
             with open(os.path.join(out, "results.json")) as f:
                 self.assertEqual(len(json.load(f)), 10)  # records of other stages are kept
+
+    def test_pretrain_stage_and_init_field(self):
+        # --stages pretrain: the classification set, the pretraining, then every student from its
+        # backbone.pth; teachers from random weights; each record says how it started.
+        with tempfile.TemporaryDirectory() as out:
+            log = _run(
+                out, "--stages", "pretrain", "teacher", "scratch", "mimic", bench="voc", seeds=1
+            )
+            self.assertIn("pretrain: ", log)
+            backbone = os.path.join(out, "pretrain", "backbone.pth")
+            self.assertTrue(os.path.isfile(backbone))
+            self.assertTrue(os.path.isdir(os.path.join(out, "datasets", "synth", "cls", "train")))
+            from quant_mimic.pipeline.records import file_sha256
+
+            with open(os.path.join(out, "results.json")) as f:
+                records = {r["stage"]: r for r in json.load(f)}
+            self.assertEqual(records["teacher"]["init"], "random")
+            self.assertNotIn("init_sha256", records["teacher"])
+            for stage in ("scratch", "mimic"):
+                self.assertEqual(records[stage]["init"], "pretrained")
+                self.assertEqual(records[stage]["init_sha256"], file_sha256(backbone))
+                with open(os.path.join(out, f"{stage}_seed0", "config.yaml")) as f:
+                    self.assertIn(backbone, f.read())
+            with open(os.path.join(out, "results.md")) as f:
+                self.assertIn("scratch (init pretrained)", f.read())
+            # a finished pretrained student is never recorded as a random one
+            cmd = [sys.executable, os.path.join(REPO_ROOT, "tools", "run_pipeline.py")]
+            cmd += ["--bench", "voc", "--preset", "smoke", "--out", out, "--init", "random"]
+            proc = subprocess.run(cmd + ["--stages", "scratch"], capture_output=True, text=True)
+            self.assertNotEqual(proc.returncode, 0)
+            self.assertIn("started with {'init': 'pretrained'", proc.stderr)
+
+    def test_preset_base_and_init(self):
+        preset = pipeline.load_preset("cpu_paper", "faces")
+        base = pipeline.load_preset("cpu", "faces")
+        self.assertEqual(preset["teacher"], base["teacher"])
+        self.assertEqual(preset["data"], base["data"])
+        self.assertEqual(preset["init"], "pretrained")
+        self.assertEqual(preset["student"]["SOLVER.BASE_LR"], 0.001)
+        from quant_mimic.pipeline.plan import student_init
+
+        self.assertEqual(student_init(None, base, None), "random")
+        self.assertEqual(student_init(None, base, ["pretrain", "scratch"]), "pretrained")
+        self.assertEqual(student_init("random", preset, None), "random")
+        self.assertEqual(student_init(None, preset, ["scratch"]), "pretrained")
+        opts = pipeline.stage_opts("faces", preset, "/o", "scratch", 0, [], init="pretrained")
+        self.assertEqual(pipeline.opt_lookup(opts, "MODEL.WEIGHTS"), "/o/pretrain/backbone.pth")
+        opts = pipeline.stage_opts("faces", preset, "/o", "teacher", None, [], init="pretrained")
+        self.assertIsNone(pipeline.opt_lookup(opts, "MODEL.WEIGHTS"))
 
     def test_voc_end_to_end(self):
         # The VOC bench through every default stage (its smoke data once failed to generate), and

@@ -10,6 +10,7 @@ from detectron2.structures import Boxes, Instances
 
 from quant_mimic.data import register_all_quantmimic_datasets
 from quant_mimic.data.synthetic import VOC_CLASSES, generate_faces, generate_voc, main
+from quant_mimic.data.synthetic_cls import CLS_CLASSES, generate_cls, shared_images
 from quant_mimic.data.voc import read_split_ids, register_voc
 from quant_mimic.engine import Trainer
 from quant_mimic.evaluation import VOCDetectionEvaluator
@@ -156,6 +157,52 @@ class TestSyntheticRoundTrip(unittest.TestCase):
                     ]
                 )
             )
+
+
+class TestSyntheticClassification(unittest.TestCase):
+    def test_layout_classes_and_disjointness(self):
+        with tempfile.TemporaryDirectory() as d:
+            main(["--kind", "cls", "--out", os.path.join(d, "cls"), "--num-train", "3"]
+                 + ["--num-val", "2", "--size", "40", "--seed", "0"])  # fmt: skip
+            for split, n in (("train", 3), ("val", 2)):
+                root = os.path.join(d, "cls", split)
+                self.assertEqual(sorted(os.listdir(root)), sorted(CLS_CLASSES))
+                for c in CLS_CLASSES:
+                    files = os.listdir(os.path.join(root, c))
+                    self.assertEqual(len(files), n, (split, c))
+            from torchvision.datasets import ImageFolder
+
+            folder = ImageFolder(os.path.join(d, "cls", "train"))
+            self.assertEqual(len(folder.classes), 9)
+            self.assertEqual(folder[0][0].size, (40, 40))
+            # the same seed as the detection sets: still no shared image
+            generate_faces(os.path.join(d, "faces"), 4, 2, seed=0, size=(40, 40))
+            generate_voc(os.path.join(d, "voc"), 4, 2, seed=0, size=(40, 40))
+            shared = shared_images(
+                os.path.join(d, "cls"), [os.path.join(d, "faces"), os.path.join(d, "voc")]
+            )
+            self.assertEqual(shared, [])
+            # the check finds a copied image
+            img = os.path.join(
+                d, "cls", "val", "face", os.listdir(os.path.join(d, "cls", "val", "face"))[0]
+            )
+            os.makedirs(os.path.join(d, "leak"))
+            import shutil
+
+            shutil.copy(img, os.path.join(d, "leak", "x.png"))
+            self.assertEqual(
+                len(shared_images(os.path.join(d, "cls"), [os.path.join(d, "leak")])), 1
+            )
+
+    def test_deterministic_and_seeded(self):
+        with tempfile.TemporaryDirectory() as d:
+            a = generate_cls(os.path.join(d, "a"), 1, 1, seed=4, size=32)["sha256"]
+            b = generate_cls(os.path.join(d, "b"), 1, 1, seed=4, size=32)["sha256"]
+            c = generate_cls(os.path.join(d, "c"), 1, 1, seed=5, size=32)["sha256"]
+            self.assertEqual(a, b)
+            self.assertNotEqual(a, c)
+            with self.assertRaisesRegex(ValueError, "Unknown cls classes"):
+                generate_cls(os.path.join(d, "e"), 1, 1, classes=["cat"])
 
 
 if __name__ == "__main__":
