@@ -31,6 +31,8 @@ from export_student import example_images, main  # noqa: E402
 RFCN = "WIDERFace/rfcn_VGG-1-32_scratch.yaml"
 RFCN_QM = "WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"
 FRCNN = "PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml"
+FPN = "Synth/faster_rcnn_R18-1-16_FPN_scratch.yaml"
+CASCADE = "Synth/cascade_rcnn_R18-1-16_FPN_quant_mimic.yaml"
 # The first size (traced) yields more proposals than POST_NMS_TOPK_TEST, the second fewer: RoI
 # counts must not be baked into the exported graphs.
 SIZES = ((192, 256), (96, 128))
@@ -101,6 +103,12 @@ class TestExportRoundTrip(unittest.TestCase):
 
     def test_faster_rcnn_resnet_student(self):
         self._round_trip(FRCNN)
+
+    def test_fpn_and_cascade_students(self):
+        # multi-level RoI pooling (levels assigned per box) and three cascade stages: same contract
+        for config in (FPN, CASCADE):
+            with self.subTest(config=config):
+                self._round_trip(config)
 
 
 class TestOnnxRuntimeLevel(unittest.TestCase):

@@ -1,7 +1,9 @@
 """Config keys added by QuantMimic. Paper: Wei et al., "Quantization Mimic", ECCV 2018.
 
 ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is a path resolved like ``_BASE_``: relative to the yaml file
-that names it (:func:`resolve_teacher_config_path`). A config that went through
+that names it (:func:`resolve_teacher_config_path`), or, when no such file exists, a name of
+detectron2's model zoo (``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``, resolved offline by
+``detectron2.model_zoo.get_config_file``). A config that went through
 :func:`add_quantmimic_config` resolves it in its own ``merge_from_file``, so the plain detectron2
 way of loading (``get_cfg(); add_quantmimic_config(cfg); cfg.merge_from_file(path)``) gets the same
 path as ``quant_mimic.get_config`` / ``train_net.py``.
@@ -14,13 +16,39 @@ import yaml
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_quantmimic_config", "validate_quantmimic_config", "resolve_teacher_config_path"]
+__all__ = [
+    "add_quantmimic_config",
+    "validate_quantmimic_config",
+    "resolve_teacher_config_path",
+    "model_zoo_config_file",
+]
 
 TEACHER_CONFIG_KEY = "MODEL.MIMIC.TEACHER.CONFIG_FILE"
 
 
 def _is_kept_as_is(path: str) -> bool:
     return not path or os.path.isabs(path) or "://" in path
+
+
+def model_zoo_config_file(name: str) -> Optional[str]:
+    """The installed file of detectron2 model-zoo config ``name`` (e.g.
+    ``"COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml"``), or None if it is not one (no network)."""
+    if not name or os.path.isabs(name) or "://" in name or not name.endswith(".yaml"):
+        return None
+    try:
+        from detectron2 import model_zoo
+
+        return model_zoo.get_config_file(name)
+    except RuntimeError:
+        return None
+
+
+def _local_or_zoo(path: str, value: str) -> str:
+    """``path`` (``value`` resolved as a file) if it exists, else ``value`` as a model-zoo name if
+    it is one, else ``path`` (its error names the file)."""
+    if os.path.isfile(path):
+        return path
+    return model_zoo_config_file(value) or path
 
 
 def _named_in_yaml(config_file: str) -> Optional[tuple]:
@@ -48,7 +76,7 @@ def resolve_teacher_config_path(config_file: str, opts: Sequence = ()) -> Option
     from_opts = [v for k, v in zip(opts[::2], opts[1::2]) if k == TEACHER_CONFIG_KEY]
     if from_opts:
         value = str(from_opts[-1])
-        return value if _is_kept_as_is(value) else os.path.abspath(value)
+        return value if _is_kept_as_is(value) else _local_or_zoo(os.path.abspath(value), value)
     if not config_file:
         return None
     named = _named_in_yaml(config_file)
@@ -57,7 +85,8 @@ def resolve_teacher_config_path(config_file: str, opts: Sequence = ()) -> Option
     value, yaml_file = named
     if _is_kept_as_is(value):
         return value
-    return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_file)), value))
+    path = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(yaml_file)), value))
+    return _local_or_zoo(path, value)
 
 
 class _QuantMimicCfgNode(CN):
@@ -185,6 +214,13 @@ def add_quantmimic_config(cfg: CN) -> None:
     # RoI feature extraction for f^i: "ROIPool" (the paper's Caffe RoI pooling, max), "ROIAlign",
     # "ROIAlignV2".
     _C.MODEL.MIMIC.POOLER_TYPE = "ROIPool"
+    # Several paired maps that form a pyramid (FPN: p2..p5 on both sides, same strides): each RoI
+    # is pooled on ONE level, chosen by its box as detectron2's ROIPooler assigns levels (canonical
+    # box 224 at level 4), the same level on both sides; N of eq. 5/6 counts each RoI once. The
+    # two pyramids must have the same levels (else an error names both). r, per level or shared:
+    # "shared" (default: FPN's own RPN and box heads share one set of weights over the levels, so
+    # its levels are one feature space, and one r sees every RoI) or "per_level".
+    _C.MODEL.MIMIC.FPN_ADAPTER = "shared"
     # Output size S×S of the RoI features: 7 for Faster R-CNN, k = 3 for R-FCN (§3.5).
     _C.MODEL.MIMIC.POOLER_RESOLUTION = 7
     # Sampling ratio of ROIAlign poolers (0 = adaptive).
@@ -277,6 +313,12 @@ def validate_quantmimic_config(cfg: CN) -> None:
         "MODEL.MIMIC.LOSS_NORMALIZATION",
         m.LOSS_NORMALIZATION,
         "'sum' (eq. 5/6) or 'mean' (per entry)",
+    )
+    _check(
+        m.FPN_ADAPTER in ("shared", "per_level"),
+        "MODEL.MIMIC.FPN_ADAPTER",
+        m.FPN_ADAPTER,
+        "'shared' or 'per_level'",
     )
     _check(m.NUM_ROIS > 0, "MODEL.MIMIC.NUM_ROIS", m.NUM_ROIS, "N must be > 0")
     _check(m.QUANT_STRIDE >= 0, "MODEL.MIMIC.QUANT_STRIDE", m.QUANT_STRIDE, "≥ 0 (0 = inherit)")

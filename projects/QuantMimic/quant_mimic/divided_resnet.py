@@ -1,4 +1,4 @@
-"""Channel-divided ResNets ("ResNet18-1-16", paper §4.2, Tables 7-9) and their C4 box head.
+"""Channel-divided ResNets ("ResNet18-1-16", paper §4.2, Tables 7-9), their C4 box head and FPN.
 
 "ResNet18-1-n" is ResNet18 with the number of filters of every conv layer divided by n. detectron2's
 ``build_resnet_backbone`` hard-codes the widths (and asserts RES2_OUT_CHANNELS == 64 for R18/R34),
@@ -12,6 +12,7 @@ from torch import nn
 
 from detectron2.config import CfgNode
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, ShapeSpec
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
@@ -21,6 +22,7 @@ __all__ = [
     "ALLOWED_DIVISORS",
     "divide_channels",
     "build_divided_resnet_backbone",
+    "build_divided_resnet_fpn_backbone",
     "build_divided_res5_block",
     "DividedRes5ROIHeads",
 ]
@@ -99,6 +101,29 @@ def build_divided_resnet_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> ResNe
         )
         in_channels = in_channels_next
     return ResNet(stem, stages, out_features=r.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+
+
+@BACKBONE_REGISTRY.register()
+def build_divided_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """
+    detectron2's ResNet-FPN (``build_resnet_fpn_backbone``: lateral and output convs, p2..p6 with
+    a max-pooled p6) on the divided ResNet, with the FPN's width divided by the same n:
+    ``MODEL.FPN.OUT_CHANNELS`` / ``MODEL.RESNETS.CHANNEL_DIVISOR`` (256 / 16 = 16 for
+    ResNet18-1-16). ``MODEL.FPN.IN_FEATURES`` (res2..res5) name the bottom-up stages; n = 1 is
+    detectron2's network.
+
+    Returns:
+        FPN: outputs p2..p6 (strides 4..64), each with OUT_CHANNELS / n channels.
+    """
+    bottom_up = build_divided_resnet_backbone(cfg, input_shape)
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=divide_channels(cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RESNETS.CHANNEL_DIVISOR),
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
 
 
 def build_divided_res5_block(cfg: CfgNode) -> Tuple[nn.Sequential, int]:

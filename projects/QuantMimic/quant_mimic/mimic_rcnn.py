@@ -11,6 +11,7 @@ teacher channels and Q the quantizer of eq. 1-2. Without Q this is Li et al.'s m
 """
 
 import logging
+import math
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -20,7 +21,11 @@ from torchvision.ops import RoIPool
 
 from detectron2.config import CfgNode, configurable
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN, build_model
-from detectron2.modeling.poolers import ROIPooler, convert_boxes_to_pooler_format
+from detectron2.modeling.poolers import (
+    ROIPooler,
+    assign_boxes_to_levels,
+    convert_boxes_to_pooler_format,
+)
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
@@ -122,6 +127,35 @@ def _build_adapter(kind: str, student_channels: int, teacher_channels: int) -> n
     raise ValueError(f"Unknown MODEL.MIMIC.ADAPTER: {kind}")
 
 
+def pyramid_levels(cfg: CfgNode, s_names, t_names, s_shapes, t_shapes) -> Optional[Tuple[int, int]]:
+    """
+    (min level, max level) when the paired maps form a feature pyramid (several maps per side,
+    strides 2^k, k consecutive), the RoIs then being pooled on one level each (FPN); None for one
+    pair. A student and a teacher pyramid with other levels is an error naming both.
+    """
+    if len(s_names) < 2:
+        return None
+    s_strides = [s_shapes[n].stride for n in s_names]
+    t_strides = [t_shapes[n].stride for n in t_names]
+    if s_strides != t_strides:
+        raise ValueError(
+            "The student's and the teacher's feature pyramids differ: student "
+            f"{dict(zip(s_names, s_strides))}, teacher {dict(zip(t_names, t_strides))} (name: "
+            "stride). Each RoI is pooled on the same level on both sides; set "
+            "MODEL.MIMIC.STUDENT_FEATURES and MODEL.MIMIC.TEACHER_FEATURES to levels of equal "
+            "strides"
+        )
+    levels = [math.log2(s) for s in s_strides]
+    consecutive = all(b - a == 1 for a, b in zip(levels, levels[1:]))
+    if not all(v.is_integer() for v in levels) or not consecutive:
+        raise ValueError(
+            f"Mimic features {dict(zip(s_names, s_strides))} are several maps but not a pyramid "
+            "(strides 2^k, consecutive k, in increasing order): list them as FPN levels, e.g. "
+            "p2 p3 p4 p5"
+        )
+    return int(levels[0]), int(levels[-1])
+
+
 def _build_pooler(m: CfgNode, stride: int) -> ROIPooler:
     """The RoI pooling of f^i (S×S, ``MODEL.MIMIC.POOLER_*``) on one map of the given stride."""
     return ROIPooler(
@@ -168,6 +202,7 @@ class MimicRCNN(GeneralizedRCNN):
         stop_iter: int = -1,
         mismatch_threshold: float = 0.3,
         loss_normalization: str = "sum",
+        pyramid: Optional[Tuple[int, int]] = None,
         teacher_cache_dir: str = "",
         teacher_cache_identity: Optional[Dict] = None,
         **kwargs,
@@ -178,7 +213,7 @@ class MimicRCNN(GeneralizedRCNN):
             teacher_weights (str): checkpoint of the teacher, loaded by :meth:`load_teacher`.
             student_feature_names / teacher_feature_names (list[str]): the paired maps to mimic.
             adapters (nn.ModuleList): r for each pair, mapping student RoI features to the teacher's
-                channels.
+                channels; with ``pyramid``, one per level or one shared by every level.
             student_poolers / teacher_poolers (list[ROIPooler]): one per pair (own stride each).
             num_rois (int): N per image: the top-scoring RPN proposals after NMS.
             add_gt_boxes (bool): also mimic on the ground-truth boxes.
@@ -191,6 +226,9 @@ class MimicRCNN(GeneralizedRCNN):
             mismatch_threshold (float): Fig. 5 diagnostic threshold.
             loss_normalization (str): "sum" (eq. 5/6) or "mean" (per RoI entry), see
                 :func:`mimic_loss`.
+            pyramid ((int, int)): (min, max) level when the pairs are FPN levels (see
+                :func:`pyramid_levels`): each RoI is pooled on one level, assigned by its box as
+                detectron2's ``ROIPooler`` does; None: every RoI on every pair.
             teacher_cache_dir (str): where the teacher's maps are cached in training ("" = off,
                 see :mod:`quant_mimic.teacher_cache`).
             teacher_cache_identity (dict): :func:`cache_identity` without the teacher's SHA-256,
@@ -198,8 +236,8 @@ class MimicRCNN(GeneralizedRCNN):
             kwargs: :class:`GeneralizedRCNN` arguments of the student.
         """
         super().__init__(**kwargs)
-        assert (
-            len(student_feature_names) == len(teacher_feature_names) == len(adapters)
+        assert len(student_feature_names) == len(teacher_feature_names) and (
+            len(adapters) == len(student_feature_names) or (pyramid and len(adapters) == 1)
         ), "MODEL.MIMIC.STUDENT_FEATURES and TEACHER_FEATURES must pair up one to one"
         teacher.eval()
         for p in teacher.parameters():
@@ -226,6 +264,7 @@ class MimicRCNN(GeneralizedRCNN):
         self.stop_iter = stop_iter
         self.mismatch_threshold = mismatch_threshold
         self.loss_normalization = loss_normalization
+        self.pyramid = tuple(pyramid) if pyramid else None
         self.teacher_cache_dir = teacher_cache_dir
         self._teacher_cache_identity = teacher_cache_identity
         self._teacher_cache: Optional[TeacherMapCache] = None
@@ -245,6 +284,16 @@ class MimicRCNN(GeneralizedRCNN):
         s_shapes = ret["backbone"].output_shape()
         t_shapes = teacher.backbone.output_shape()
         s_names, t_names = _mimic_feature_names(cfg, tcfg, s_shapes, t_shapes)
+        pyramid = pyramid_levels(cfg, s_names, t_names, s_shapes, t_shapes)
+        pairs = list(zip(s_names, t_names))
+        if pyramid and m.FPN_ADAPTER == "shared":
+            channels = {(s_shapes[s].channels, t_shapes[t].channels) for s, t in pairs}
+            if len(channels) > 1:
+                raise ValueError(
+                    f"MODEL.MIMIC.FPN_ADAPTER 'shared' needs equal channels on every level, got "
+                    f"(student, teacher) channels {sorted(channels)}: use 'per_level'"
+                )
+            pairs = pairs[:1]
         identity = None
         if m.TEACHER.CACHE_DIR:
             check_cacheable_input(cfg)
@@ -256,7 +305,7 @@ class MimicRCNN(GeneralizedRCNN):
             teacher_feature_names=t_names,
             adapters=nn.ModuleList(
                 _build_adapter(m.ADAPTER, s_shapes[s].channels, t_shapes[t].channels)
-                for s, t in zip(s_names, t_names)
+                for s, t in pairs
             ),
             student_poolers=[_build_pooler(m, s_shapes[n].stride) for n in s_names],
             teacher_poolers=[_build_pooler(m, t_shapes[n].stride) for n in t_names],
@@ -271,6 +320,7 @@ class MimicRCNN(GeneralizedRCNN):
             stop_iter=m.STOP_ITER,
             mismatch_threshold=m.MISMATCH_THRESHOLD,
             loss_normalization=m.LOSS_NORMALIZATION,
+            pyramid=pyramid,
             teacher_cache_dir=m.TEACHER.CACHE_DIR,
             teacher_cache_identity=identity,
         )
@@ -402,6 +452,12 @@ class MimicRCNN(GeneralizedRCNN):
             list[(Tensor, Tensor)]: (f_t, r(f_s)), each (ΣN_j, C_t, S, S); f_t without grad.
         """
         teacher_maps = self.teacher_maps(batched_inputs)
+        if self.pyramid:
+            return [
+                self._pooled_on_levels(
+                    teacher_maps, student_feature_maps, boxes, quantize_teacher_maps
+                )
+            ]
         pairs = []
         for i, (s_name, t_name) in enumerate(
             zip(self.student_feature_names, self.teacher_feature_names)
@@ -423,6 +479,54 @@ class MimicRCNN(GeneralizedRCNN):
             f_s = self.student_poolers[i]([student_feature_maps[s_name]], boxes)
             pairs.append((f_t, self.mimic_adapters[i](f_s)))
         return pairs
+
+    def _pooled_on_levels(self, teacher_maps, student_feature_maps, boxes, quantize_teacher_maps):
+        """
+        FPN: every RoI pooled on the one level its box is assigned to (detectron2's
+        ``assign_boxes_to_levels``, canonical box 224 at level 4, as ``ROIPooler``), the same level
+        on both sides, then r of that level (or the shared r).
+
+        Returns:
+            (Tensor, Tensor): f_t and r(f_s), each (ΣN_j, C_t, S, S), RoIs grouped by level.
+        """
+        rois = convert_boxes_to_pooler_format(boxes)
+        levels = assign_boxes_to_levels(boxes, self.pyramid[0], self.pyramid[1], 224, 4)
+        f_ts, f_ss = [], []
+        for i, (s_name, t_name) in enumerate(
+            zip(self.student_feature_names, self.teacher_feature_names)
+        ):
+            idx = torch.nonzero(levels == i, as_tuple=True)[0]
+            if idx.numel() == 0:
+                continue
+            level_rois = rois[idx]
+            t_map = teacher_maps[t_name]
+            t_pool = self.teacher_poolers[i].level_poolers[0]
+            f_t = None
+            if self._max_pooling(i):
+                if quantize_teacher_maps:
+                    t_map = quantize(t_map, **self.quantizer)
+                f_t = roi_max_pool(t_map, level_rois, t_pool.output_size[0], t_pool.spatial_scale)
+            if f_t is None:
+                f_t = t_pool(t_map, level_rois)
+            s_pool = self.student_poolers[i].level_poolers[0]
+            f_s = s_pool(student_feature_maps[s_name], level_rois)
+            adapter = self.mimic_adapters[i if len(self.mimic_adapters) > 1 else 0]
+            f_ts.append(f_t)
+            f_ss.append(adapter(f_s))
+        if not f_ts:  # no RoI at all: empty tensors of the right shape, loss 0 with a gradient
+            t_map = teacher_maps[self.teacher_feature_names[0]]
+            s_map = student_feature_maps[self.student_feature_names[0]]
+            size = self.teacher_poolers[0].output_size
+            empty = s_map.new_zeros((0, s_map.shape[1], *size))
+            return t_map.new_zeros((0, t_map.shape[1], *size)), self.mimic_adapters[0](empty)
+        return torch.cat(f_ts), torch.cat(f_ss)
+
+    def _teacher_quantized_in_pooling(self, i: int) -> bool:
+        """Whether pair i's f_t is already Q(f_t): max pooling of the quantized map (every level
+        of a pyramid)."""
+        if self.pyramid:
+            return all(self._max_pooling(j) for j in range(len(self.teacher_poolers)))
+        return self._max_pooling(i)
 
     def _max_pooling(self, i: int) -> bool:
         """Whether the i-th teacher pooler is RoI max pooling (commutes with Q)."""
@@ -447,7 +551,8 @@ class MimicRCNN(GeneralizedRCNN):
                 f_t,
                 f_s,
                 # Q(f_t) already, when pooled by max from the quantized map (exact, cheaper)
-                quantize_teacher=self.quantize_teacher and not self._max_pooling(i),
+                quantize_teacher=self.quantize_teacher
+                and not self._teacher_quantized_in_pooling(i),
                 quantize_student=self.quantize_student,
                 quantizer=self.quantizer,
                 mismatch_threshold=self.mismatch_threshold,

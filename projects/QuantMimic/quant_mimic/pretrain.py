@@ -66,7 +66,11 @@ PRETRAINABLE_BACKBONES = (
     "build_resnet_fpn_backbone",
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-BACKBONE_FILE, CLASSIFIER_FILE, METRICS_FILE = "backbone.pth", "classifier.pth", "pretrain_metrics.json"
+BACKBONE_FILE, CLASSIFIER_FILE, METRICS_FILE = (
+    "backbone.pth",
+    "classifier.pth",
+    "pretrain_metrics.json",
+)
 
 
 class PretrainError(Exception):
@@ -525,7 +529,9 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
             with torch.autocast("cuda", enabled=amp):
                 loss = criterion(model(images), labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"Classification loss is {loss.item()} at epoch {epoch + 1}")
+                raise FloatingPointError(
+                    f"Classification loss is {loss.item()} at epoch {epoch + 1}"
+                )
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -562,7 +568,9 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
                 "config": cfg.dump(),
             }
             atomic_torch_save(state, ckpt_path)
-            atomic_write_text(os.path.join(args.output, METRICS_FILE), json.dumps(metrics, indent=1))
+            atomic_write_text(
+                os.path.join(args.output, METRICS_FILE), json.dumps(metrics, indent=1)
+            )
             print(
                 f"epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.3f}, top-1 "
                 f"{top1:.1f} %, top-5 {top5:.1f} %, lr {lr:.4g}, {seconds:.1f} s "
@@ -582,8 +590,8 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
         summary["images_per_s"] = seen / max(train_seconds, 1e-9)
         left = summary["check"]["left_to_heads"]
         print(
-            f"Wrote {os.path.join(args.output, BACKBONE_FILE)}: {summary['check']['loaded']} tensors "
-            f"of the detection model, no backbone tensor missing; left to the detection heads: "
+            f"Wrote {os.path.join(args.output, BACKBONE_FILE)}: {summary['check']['loaded']} "
+            f"tensors of the detection model, no backbone tensor missing; left to the detection heads: "
             + ", ".join(f"{k} ({n})" for k, n in left.items()),
             flush=True,
         )
@@ -592,7 +600,8 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
 
 
 def build_parser():
-    """The command line of ``tools/pretrain_backbone.py``: detectron2's ``default_argument_parser`` (launch flags, KEY VALUE opts) plus the recipe."""
+    """The command line of ``tools/pretrain_backbone.py``: detectron2's
+    ``default_argument_parser`` (launch flags, KEY VALUE opts) plus the recipe."""
     parser = default_argument_parser()
     parser.add_argument("--data", required=True, help="ImageFolder root with train/ and val/")
     parser.add_argument("--output", required=True, help="output folder")

@@ -175,7 +175,7 @@ class QuantizedBackbone(Backbone):
         # Checkpoints are transparent to the wrapper: a full-precision model's weights load into the
         # quantized model (the paper's finetuning step, §3.3) and back, with identical keys.
         self._register_state_dict_hook(_drop_inner_prefix)
-        self._register_load_state_dict_pre_hook(_add_inner_prefix)
+        self._register_load_state_dict_pre_hook(_add_inner_prefix, with_module=True)
 
     @classmethod
     def from_config(cls, cfg: CfgNode, input_shape: ShapeSpec):
@@ -226,11 +226,15 @@ def _drop_inner_prefix(module, state_dict, prefix, local_metadata):
     return state_dict
 
 
-def _add_inner_prefix(state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-    for key in [
-        k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + _INNER)
-    ]:
-        state_dict[prefix + _INNER + key[len(prefix) :]] = state_dict.pop(key)
+def _add_inner_prefix(
+    module, state_dict, prefix, local_metadata, strict, missing, unexpected, errors
+):
+    # A key gets the inner prefix when that names one of the wrapped backbone's tensors: decided
+    # by the backbone's own names, since an inner FPN has a "bottom_up." of its own.
+    inner = {prefix + _INNER + k for k in module.bottom_up.state_dict(keep_vars=True)}
+    for key in [k for k in state_dict if k.startswith(prefix) and k not in inner]:
+        if prefix + _INNER + key[len(prefix) :] in inner:
+            state_dict[prefix + _INNER + key[len(prefix) :]] = state_dict.pop(key)
 
 
 @BACKBONE_REGISTRY.register()

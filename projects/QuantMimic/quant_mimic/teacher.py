@@ -23,7 +23,12 @@ from torch import nn
 from detectron2.config import CfgNode, get_cfg
 
 from .checkpoint import atomic_write_text, load_checkpoint_strict
-from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, resolve_teacher_config_path
+from .config import (
+    TEACHER_CONFIG_KEY,
+    add_quantmimic_config,
+    model_zoo_config_file,
+    resolve_teacher_config_path,
+)
 from .quantization import quantize, quantizer_args
 
 __all__ = [
@@ -41,6 +46,8 @@ logger = logging.getLogger(__name__)
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
     path = cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE
+    if path and not os.path.isfile(path):
+        path = model_zoo_config_file(path) or path
     if not path or not os.path.isfile(path):
         hint = ""
         if path and not os.path.isabs(path) and "://" not in path:
@@ -129,6 +136,9 @@ TEACHER_PIN_FILE = "teacher_pin.json"
 
 def teacher_fingerprint(path: str) -> Dict:
     """``{"path", "size", "sha256"}`` of a teacher checkpoint file (read in 1 MiB blocks)."""
+    from detectron2.utils.file_io import PathManager
+
+    path = PathManager.get_local_path(path)  # detectron2:// and https:// URLs: the cached file
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

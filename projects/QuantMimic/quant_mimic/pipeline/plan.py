@@ -62,7 +62,8 @@ def load_preset(name: str, bench: str, _relative_to: Optional[str] = None) -> Di
     ``init`` ("random" or "pretrained": how student stages start) and ``pretrain`` (``data``: the
     classification set's generator arguments; ``args``: ``tools/pretrain_backbone.py`` flags).
     ``name`` is a preset of ``configs/Synth/presets`` (``smoke``, ``cpu``, ``gpu``, ...) or a yaml
-    path. A preset with ``_BASE_: other.yaml`` is ``other.yaml`` with its sections merged key by key.
+    path. A preset with ``_BASE_: other.yaml`` is ``other.yaml`` with its sections merged key by
+    key.
     """
     path = _preset_path(name, _relative_to)
     if not os.path.isfile(path):
