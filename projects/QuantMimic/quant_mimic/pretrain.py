@@ -591,8 +591,8 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
         left = summary["check"]["left_to_heads"]
         print(
             f"Wrote {os.path.join(args.output, BACKBONE_FILE)}: {summary['check']['loaded']} "
-            f"tensors of the detection model, no backbone tensor missing; left to the detection heads: "
-            + ", ".join(f"{k} ({n})" for k, n in left.items()),
+            "tensors of the detection model, no backbone tensor missing; left to the detection "
+            "heads: " + ", ".join(f"{k} ({n})" for k, n in left.items()),
             flush=True,
         )
     comm.synchronize()

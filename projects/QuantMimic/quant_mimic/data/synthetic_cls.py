@@ -30,7 +30,7 @@ from typing import Dict, Iterable, List, Tuple
 import cv2
 import numpy as np
 
-from .synthetic import FaceStyle, _background, _glyph, _skimage
+from .synthetic_world import FaceStyle, _background, _glyph, _skimage
 
 __all__ = ["CLS_CLASSES", "generate_cls", "shared_images"]
 
