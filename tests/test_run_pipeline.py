@@ -447,6 +447,20 @@ class TestSmokePipeline(unittest.TestCase):
             self.assertNotEqual(proc.returncode, 0)
             self.assertIn("started with {'init': 'pretrained'", proc.stderr)
 
+    def test_fpn_bench_end_to_end(self):
+        # docs/OTHER_HEADS.md: the FPN student pretrained through its bottom-up, the FPN teacher,
+        # its quantized finetuning (p2..p5) and Quantization Mimic on the pyramid
+        with tempfile.TemporaryDirectory() as out:
+            stages = ["pretrain", "teacher", "teacher_quantized", "scratch", "quant_mimic"]
+            _run(out, "--stages", *stages, bench="voc_fpn", seeds=1)
+            with open(os.path.join(out, "results.json")) as f:
+                records = {r["stage"]: r for r in json.load(f)}
+            self.assertEqual(sorted(records), sorted(stages[1:]))
+            self.assertIn("FPN", records["quant_mimic"]["config"])
+            self.assertEqual(records["quant_mimic"]["init"], "pretrained")
+            with open(os.path.join(out, "quant_mimic_seed0", "metrics.json")) as f:
+                self.assertIn("loss_mimic", f.read())
+
     def test_preset_base_and_init(self):
         preset = pipeline.load_preset("cpu_paper", "faces")
         base = pipeline.load_preset("cpu", "faces")

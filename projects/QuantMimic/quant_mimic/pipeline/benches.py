@@ -107,6 +107,18 @@ BENCHES = {
         },
     },
 }
+# The VOC benchmark with FPN detectors (docs/OTHER_HEADS.md): ResNet18-FPN -> ResNet18-1-16 FPN,
+# each RoI mimicked on its FPN level. Not a paper row.
+BENCHES["voc_fpn"] = {
+    "kind": "voc",
+    "data_dir": "synth/VOC2007",
+    "configs": {
+        stage: name.replace("_C4_", "_FPN_")
+        for stage, name in BENCHES["voc"]["configs"].items()
+    },
+    "metrics": ("bbox/AP50", "bbox/AP"),
+    "paper": {stage: "not in the paper (C4 only)" for stage in BENCHES["voc"]["configs"]},
+}
 
 
 def config_file(bench: str, stage: str) -> str:
