@@ -104,6 +104,29 @@ class TestExportRoundTrip(unittest.TestCase):
     def test_faster_rcnn_resnet_student(self):
         self._round_trip(FRCNN)
 
+    def test_space_to_depth_first_block_is_exact(self):
+        from quant_mimic.space_to_depth import rewrite_vgg_first_block
+
+        cfg = get_config(RFCN)
+        model = _randomise_bn(build_model_no_weights(cfg))
+        module = StudentInference(model, space_to_depth=True)
+        self.assertTrue(module.space_to_depth)
+        plain = StudentInference(model)
+        for h, w in ((96, 128), (97, 131), (33, 50)):  # odd sides: ceil-mode pool, zero padding
+            x = torch.rand(1, 1, h, w) * 3
+            with torch.no_grad():
+                ref, got = plain.model.backbone(x)["vgg5"], module.model.backbone(x)["vgg5"]
+            self.assertEqual(ref.shape, got.shape)
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        images = example_images(cfg, sizes=SIZES)
+        with tempfile.TemporaryDirectory() as d:
+            onnx = export_onnx(module, images[0], os.path.join(d, "m.onnx"))
+            rows = parity_report(module, images, onnx_path=onnx)
+        self.assertTrue(all(r["ok"] for r in rows), rows)
+        # not a VGG, or BN not folded: left as it is
+        self.assertFalse(rewrite_vgg_first_block(build_model_no_weights(get_config(FRCNN))))
+        self.assertFalse(StudentInference(model, fold_bn=False, space_to_depth=True).space_to_depth)
+
     def test_fpn_and_cascade_students(self):
         # multi-level RoI pooling (levels assigned per box) and three cascade stages: same contract
         for config in (FPN, CASCADE):

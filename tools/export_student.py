@@ -86,6 +86,12 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="parity check after export")
     parser.add_argument("--no-fold-bn", action="store_true", help="keep BatchNorm layers")
     parser.add_argument(
+        "--space-to-depth",
+        action="store_true",
+        help="run a VGG student's first block at half resolution, exactly (quant_mimic/"
+        "space_to_depth.py; not faster on the AVX2 host measured, docs/SPEED.md)",
+    )
+    parser.add_argument(
         "--ort-threads",
         type=int,
         default=2,
@@ -123,7 +129,9 @@ def main(argv=None) -> int:
     load_checkpoint_strict(
         model, weights, model_name=args.config_file, optional_prefixes=(ADAPTER_PREFIX,)
     )
-    module = StudentInference(model, fold_bn=not args.no_fold_bn)
+    module = StudentInference(
+        model, fold_bn=not args.no_fold_bn, space_to_depth=args.space_to_depth
+    )
     images = example_images(cfg)
     export = export_onnx if args.format == "onnx" else export_torchscript
     export(module, images[0], args.output)

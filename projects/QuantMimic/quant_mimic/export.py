@@ -26,6 +26,8 @@ from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import GeneralizedRCNN
 
+from .space_to_depth import rewrite_vgg_first_block
+
 __all__ = [
     "fold_batchnorm",
     "StudentInference",
@@ -90,12 +92,20 @@ class StudentInference(nn.Module):
     inference is the student's); a deep copy, in eval mode, optionally with BN folded.
     """
 
-    def __init__(self, model: GeneralizedRCNN, fold_bn: bool = True):
+    def __init__(self, model: GeneralizedRCNN, fold_bn: bool = True, space_to_depth: bool = False):
+        """
+        Args:
+            fold_bn (bool): fold BatchNorm into the convolutions (:func:`fold_batchnorm`).
+            space_to_depth (bool): run a VGG's first block at half resolution, exactly
+                (:mod:`quant_mimic.space_to_depth`; needs ``fold_bn``); ``self.space_to_depth``
+                says whether it applied.
+        """
         super().__init__()
         model = copy.deepcopy(model).eval()
         if hasattr(model, "mimic_adapters"):  # unused at inference
             del model.mimic_adapters
         self.num_folded = fold_batchnorm(model) if fold_bn else 0
+        self.space_to_depth = bool(space_to_depth) and rewrite_vgg_first_block(model)
         self.model = model
         self.eval()  # exporters restore the mode they found: it must be eval
 

@@ -113,8 +113,7 @@ BENCHES["voc_fpn"] = {
     "kind": "voc",
     "data_dir": "synth/VOC2007",
     "configs": {
-        stage: name.replace("_C4_", "_FPN_")
-        for stage, name in BENCHES["voc"]["configs"].items()
+        stage: name.replace("_C4_", "_FPN_") for stage, name in BENCHES["voc"]["configs"].items()
     },
     "metrics": ("bbox/AP50", "bbox/AP"),
     "paper": {stage: "not in the paper (C4 only)" for stage in BENCHES["voc"]["configs"]},
