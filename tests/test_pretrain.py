@@ -154,6 +154,13 @@ class TestPretrain(unittest.TestCase):
             metrics = json.load(open(os.path.join(out, "pretrain_metrics.json")))
             self.assertEqual(metrics[-1]["skipped_images"], 1)
 
+    def test_batch_larger_than_a_tiny_set(self):
+        with tempfile.TemporaryDirectory() as d:
+            argv = _argv(FACES, self.data, d)
+            argv[argv.index("--batch-size") + 1] = "256"  # the default, 6 training images here
+            self.assertEqual(cli(argv), 0)
+            self.assertTrue(os.path.isfile(os.path.join(d, "backbone.pth")))
+
     def test_schedule_warmup_then_cosine(self):
         self.assertAlmostEqual(lr_at(0, 100, 10, 0.1), 0.001)
         self.assertAlmostEqual(lr_at(10, 100, 10, 0.1), 0.1)

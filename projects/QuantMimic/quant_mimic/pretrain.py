@@ -471,13 +471,17 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
         args.skip_bad_images,
     )
     per_proc = args.batch_size // world
+    if per_proc * world > len(train_set):  # a tiny set: one batch of all of it per epoch
+        logger.warning(
+            f"--batch-size {args.batch_size} is larger than the {len(train_set)} training images: "
+            f"using {len(train_set) // world * world}"
+        )
+        per_proc = max(1, len(train_set) // world)
+        lr_scale = per_proc * world / args.batch_size
+        args.lr = args.lr * lr_scale  # the linear scaling rule, for the batch actually used
     train_loader = _loader(train_set, per_proc, args.workers, True, args.seed)
     val_loader = _loader(val_set, per_proc, args.workers, False, args.seed)
     steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise PretrainError(
-            f"--batch-size {args.batch_size} is larger than the {len(train_set)} training images"
-        )
     total, warmup = steps_per_epoch * args.epochs, int(steps_per_epoch * args.warmup_epochs)
     optimizer = torch.optim.SGD(
         param_groups(clf, args.weight_decay), lr=args.lr, momentum=0.9, nesterov=False
