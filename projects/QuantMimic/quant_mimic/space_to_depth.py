@@ -99,16 +99,7 @@ class SpaceToDepthVGG(Backbone):
         )
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        vgg = self.vgg
-        outputs = {}
-        x = self.first_block(x)
-        for i, name in enumerate(vgg.stage_names[1:], start=1):
-            if i > 1:
-                x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
-            x = getattr(vgg, name)(x)
-            if name in vgg._out_features:
-                outputs[name] = x
-        return outputs
+        return self.vgg.forward_stages(self.first_block(x), 1)
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return self.vgg.output_shape()

@@ -107,9 +107,14 @@ class VGG16(Backbone):
             (the 2×2 pools round up, as Caffe's do).
         """
         assert x.dim() == 4, f"VGG16 takes (N, C, H, W) input, got {tuple(x.shape)}"
+        return self.forward_stages(x, 0)
+
+    def forward_stages(self, x: torch.Tensor, start: int) -> Dict[str, torch.Tensor]:
+        """Blocks ``start``, ``start + 1``, … on ``x``, the input of block ``start`` (after its
+        pool); the requested outputs among them."""
         outputs = {}
-        for i, name in enumerate(self.stage_names):
-            if i > 0:
+        for i, name in enumerate(self.stage_names[start:], start=start):
+            if i > start:
                 x = F.max_pool2d(x, kernel_size=2, stride=2, ceil_mode=True)
             x = getattr(self, name)(x)
             if name in self._out_features:
