@@ -72,6 +72,11 @@ class TestLevelPairing(unittest.TestCase):
         )
         self.assertEqual(len(per_level.mimic_adapters), 4)
         self.assertEqual(per_level.mimic_adapters[2].weight.shape, (256, 16, 1, 1))
+        every = build_model_no_weights(
+            get_config(FPN_QM, ["MODEL.MIMIC.LEVEL_ASSIGNMENT", "every"])
+        )
+        self.assertIsNone(every.pyramid)  # every RoI on every pair: one adapter and term each
+        self.assertEqual(len(every.mimic_adapters), 4)
         with self.assertRaisesRegex(ValueError, "FPN_ADAPTER"):
             get_config(FPN_QM, ["MODEL.MIMIC.FPN_ADAPTER", "both"])
 

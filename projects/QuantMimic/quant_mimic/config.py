@@ -221,6 +221,10 @@ def add_quantmimic_config(cfg: CN) -> None:
     # "shared" (default: FPN's own RPN and box heads share one set of weights over the levels, so
     # its levels are one feature space, and one r sees every RoI) or "per_level".
     _C.MODEL.MIMIC.FPN_ADAPTER = "shared"
+    # When several maps are paired: "auto" (default) pools each RoI on one level (above) when the
+    # paired student maps are its ROI heads' own IN_FEATURES (the heads pool them as a pyramid),
+    # else every RoI on every pair (one loss term each); "pyramid" / "every" force either.
+    _C.MODEL.MIMIC.LEVEL_ASSIGNMENT = "auto"
     # Output size S×S of the RoI features: 7 for Faster R-CNN, k = 3 for R-FCN (§3.5).
     _C.MODEL.MIMIC.POOLER_RESOLUTION = 7
     # Sampling ratio of ROIAlign poolers (0 = adaptive).
@@ -319,6 +323,12 @@ def validate_quantmimic_config(cfg: CN) -> None:
         "MODEL.MIMIC.FPN_ADAPTER",
         m.FPN_ADAPTER,
         "'shared' or 'per_level'",
+    )
+    _check(
+        m.LEVEL_ASSIGNMENT in ("auto", "pyramid", "every"),
+        "MODEL.MIMIC.LEVEL_ASSIGNMENT",
+        m.LEVEL_ASSIGNMENT,
+        "'auto', 'pyramid' or 'every'",
     )
     _check(m.NUM_ROIS > 0, "MODEL.MIMIC.NUM_ROIS", m.NUM_ROIS, "N must be > 0")
     _check(m.QUANT_STRIDE >= 0, "MODEL.MIMIC.QUANT_STRIDE", m.QUANT_STRIDE, "≥ 0 (0 = inherit)")

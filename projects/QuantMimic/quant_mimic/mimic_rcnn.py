@@ -129,11 +129,15 @@ def _build_adapter(kind: str, student_channels: int, teacher_channels: int) -> n
 
 def pyramid_levels(cfg: CfgNode, s_names, t_names, s_shapes, t_shapes) -> Optional[Tuple[int, int]]:
     """
-    (min level, max level) when the paired maps form a feature pyramid (several maps per side,
-    strides 2^k, k consecutive), the RoIs then being pooled on one level each (FPN); None for one
-    pair. A student and a teacher pyramid with other levels is an error naming both.
+    (min level, max level) when the paired maps are pooled as a feature pyramid (FPN: each RoI on
+    one level), per ``MODEL.MIMIC.LEVEL_ASSIGNMENT`` ("auto": when the student maps are its ROI
+    heads' IN_FEATURES; ``cfg`` None: "pyramid"); None for one pair or "every". A pyramid needs
+    strides 2^k, k consecutive, equal on both sides: otherwise an error naming both.
     """
-    if len(s_names) < 2:
+    mode = cfg.MODEL.MIMIC.LEVEL_ASSIGNMENT if cfg is not None else "pyramid"
+    if len(s_names) < 2 or mode == "every":
+        return None
+    if mode == "auto" and list(s_names) != list(cfg.MODEL.ROI_HEADS.IN_FEATURES):
         return None
     s_strides = [s_shapes[n].stride for n in s_names]
     t_strides = [t_shapes[n].stride for n in t_names]
