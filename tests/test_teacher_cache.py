@@ -293,3 +293,20 @@ class TestUncacheableInput(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestCacheIdentityUpgrade(unittest.TestCase):
+    def test_teacher_mimic_keys_do_not_invalidate_a_cache(self):
+        import json
+
+        from quant_mimic.teacher_cache import TeacherMapCache
+
+        identity = {"format": 1, "teacher_config": {"MODEL.RESNETS.DEPTH": 18}, "features": ["f"]}
+        with tempfile.TemporaryDirectory() as d:
+            old = dict(identity, teacher_config={**identity["teacher_config"], "MODEL.MIMIC.X": 1})
+            with open(os.path.join(d, "manifest.json"), "w") as f:
+                json.dump(old, f)  # written by a version that kept the teacher's MIMIC keys
+            TeacherMapCache(d, identity)  # opens
+            other = dict(identity, teacher_config={"MODEL.RESNETS.DEPTH": 34})
+            with self.assertRaisesRegex(TeacherCacheError, "MODEL.RESNETS.DEPTH"):
+                TeacherMapCache(d, other)

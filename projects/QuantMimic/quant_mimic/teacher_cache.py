@@ -123,11 +123,7 @@ def cache_identity(
         feature_names (list[str]): the teacher maps that are mimicked.
         teacher_sha256 (str): SHA-256 of the teacher checkpoint (the teacher pin).
     """
-    model = {
-        k: v
-        for k, v in _flat(tcfg.MODEL, "MODEL.").items()
-        if k not in ("MODEL.WEIGHTS", "MODEL.DEVICE")
-    }
+    model = _maps_config(_flat(tcfg.MODEL, "MODEL."))
     i = cfg.INPUT
     return {
         "format": FORMAT_VERSION,
@@ -146,6 +142,17 @@ def cache_identity(
             "INPUT.RANDOM_FLIP": i.RANDOM_FLIP,
             "size_divisibility": int(getattr(teacher_backbone, "size_divisibility", 0)),
         },
+    }
+
+
+def _maps_config(flat_model: Dict) -> Dict:
+    """The teacher's MODEL keys that can change its maps: not its weights path or device, nor its
+    own MODEL.MIMIC.* (a teacher is never a MimicRCNN), so that a new mimic key of this project
+    does not invalidate the caches built before it."""
+    return {
+        k: v
+        for k, v in flat_model.items()
+        if k not in ("MODEL.WEIGHTS", "MODEL.DEVICE") and not k.startswith("MODEL.MIMIC.")
     }
 
 
@@ -296,6 +303,8 @@ class TeacherMapCache:
                 old = json.load(f)
             except json.JSONDecodeError as e:
                 raise TeacherCacheError(f"{path} is not a teacher-cache manifest: {e}") from e
+        if isinstance(old.get("teacher_config"), dict):  # manifests written with MIMIC keys
+            old["teacher_config"] = _maps_config(old["teacher_config"])
         diff = _differences(old, self.identity)
         if diff:
             raise TeacherCacheError(
