@@ -302,6 +302,7 @@ class TestCacheIdentityUpgrade(unittest.TestCase):
         from quant_mimic.teacher_cache import TeacherMapCache
 
         identity = {"format": 1, "teacher_config": {"MODEL.RESNETS.DEPTH": 18}, "features": ["f"]}
+        identity.update(quantizer=None, quantized_features=[])
         with tempfile.TemporaryDirectory() as d:
             old = dict(identity, teacher_config={**identity["teacher_config"], "MODEL.MIMIC.X": 1})
             with open(os.path.join(d, "manifest.json"), "w") as f:
