@@ -9,7 +9,6 @@ calibrated its stride adds ``stride_calibration``; a student run that went to In
 ``diverged``, ``diverged_at_iter`` and ``error`` and has ``metrics`` {}.
 """
 
-import hashlib
 import json
 import os
 from typing import Dict, List, Optional
@@ -68,11 +67,10 @@ def _calibration_record(d: str) -> Dict:
 
 
 def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """SHA-256 of a file (the teacher pin's fingerprint)."""
+    from ..teacher import teacher_fingerprint
+
+    return teacher_fingerprint(path)["sha256"]
 
 
 def stage_init(args, stage: str) -> Dict:
