@@ -430,11 +430,6 @@ def _evaluate(model, loader, device) -> Tuple[float, float, int]:
     return 100.0 * float(stats[0]) / n, 100.0 * float(stats[1]) / n, int(stats[3])
 
 
-def _fmt_seconds(s: float) -> str:
-    s = int(round(s))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def run_pretraining(cfg: CfgNode, args) -> Dict:
     """
     Train the classifier of ``cfg``'s backbone on ``args.data`` and write ``args.output``
@@ -444,6 +439,8 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
     Returns:
         dict: the summary (last metrics, images/s, the weights check).
     """
+    from .pipeline.progress import fmt_s  # here: the pipeline package imports this module
+
     classes = check_image_folder(args.data)
     fmt = cfg.INPUT.FORMAT
     if (fmt == "L") != (len(cfg.MODEL.PIXEL_MEAN) == 1):
@@ -578,7 +575,7 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
             print(
                 f"epoch {epoch + 1}/{args.epochs}: loss {record['train_loss']:.3f}, top-1 "
                 f"{top1:.1f} %, top-5 {top5:.1f} %, lr {lr:.4g}, {seconds:.1f} s "
-                f"({record['images_per_s']:.0f} images/s), ETA {_fmt_seconds(eta)}"
+                f"({record['images_per_s']:.0f} images/s), ETA {fmt_s(eta)}"
                 + (f", {skipped_total} unreadable images skipped" if skipped_total else ""),
                 flush=True,
             )
