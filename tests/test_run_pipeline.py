@@ -19,6 +19,7 @@ from quant_mimic.pipeline import (
     compare_markdown,
     data_root,
     dict_opts,
+    is_mimic_statistics,
     mean_std,
     parse_args,
     plan_stages,
@@ -26,6 +27,7 @@ from quant_mimic.pipeline import (
     results_markdown,
     split_run_name,
     stage_dir,
+    statistics_markdown,
     welch,
 )
 from quant_mimic.pipeline.plots import plot_results
@@ -124,6 +126,38 @@ class TestAggregation(unittest.TestCase):
             with open(path, "w") as f:
                 json.dump(recs, f)
             self.assertIn("| scratch | 3 | 3.00 ± 2.65 |", report([path]))  # sqrt(7)
+
+    def test_report_of_mimic_statistics(self):
+        def stats(mismatch, zero_grad, quantized):
+            pct = {"p50": 0.5, "p90": 1.0, "p99": 3.0, "p99.9": 4.0}
+            return {
+                "mean_mismatch_ratio": mismatch, "teacher_zero_fraction": 0.6,
+                "student_zero_fraction": 0.5, "ste_zero_grad_fraction": zero_grad,
+                "teacher_percentiles": pct, "student_percentiles": pct,
+                "quantize_teacher": quantized, "quantize_student": quantized,
+            }  # fmt: skip
+
+        lam = {"init": "pretrained", "overrides": ["MODEL.MIMIC.LOSS_WEIGHT", "0.1"]}
+        summary = {
+            "mimic_seed0": stats(0.4, 0.0, False),
+            "mimic_seed1": stats(0.6, 0.0, False),
+            "quant_mimic_seed0": {**stats(0.3, 0.6, True), **lam},
+            "folder_b/quant_mimic_seed1": {**stats(0.3, 0.7, True), **lam},  # a merged file
+        }
+        self.assertTrue(is_mimic_statistics(summary))
+        self.assertFalse(is_mimic_statistics({"mimic_seed0": {"bbox/AP": 1.0}}))
+        md = statistics_markdown(summary)
+        self.assertIn("| mimic | 2 | off/off | 0.50 / 1.00 / 3.00 |", md)
+        self.assertIn("| 50.0 ± 14.1 % |", md)  # Fig. 5 ratio of the mimic row, sqrt(0.02)
+        self.assertIn(
+            "| quant_mimic (init pretrained, LOSS_WEIGHT 0.1) | 2 | on/on |", md
+        )  # a row per (stage, init, overrides), as results.json's rows
+        self.assertIn("| 65.0 ± 7.1 % |", md)
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "mimic_statistics.json")
+            with open(path, "w") as f:
+                json.dump(summary, f)
+            self.assertIn("| mimic | 2 | off/off |", report([path]))
 
     def test_stages_then_overrides(self):
         base = ["--bench", "faces", "--preset", "smoke", "--out", "o"]
@@ -500,6 +534,8 @@ class TestSmokePipeline(unittest.TestCase):
                 ["mimic_seed0", "quant_mimic_seed0", "quant_mimic_teacher_only_seed0"],
             )
             self.assertEqual(stats["quant_mimic_seed0"]["quantize_student"], True)
+            self.assertEqual(stats["mimic_seed0"]["init"], "random")  # labels its report row
+            self.assertIn("| quant_mimic | 1 | on/on |", statistics_markdown(stats))
             with open(os.path.join(out, "scratch_quantized_seed0", "config.yaml")) as f:
                 self.assertIn("build_quantized_backbone", f.read())
 

@@ -31,6 +31,7 @@ __all__ = [
     "file_sha256",
     "stage_init",
     "check_stage_init",
+    "init_record",
 ]
 
 FINAL_METRICS = "final_metrics.json"  # written by train_net.py into OUTPUT_DIR
@@ -103,7 +104,8 @@ def check_stage_init(args, stage: str, d: str) -> None:
     write_atomic(path, json.dumps(want) + "\n")
 
 
-def _init_record(d: str) -> Dict:
+def init_record(d: str) -> Dict:
+    """The ``init`` fields a stage folder started with (``init.json``; random before it existed)."""
     path = os.path.join(d, INIT_FILE)
     return read_json(path) if os.path.isfile(path) else {"init": "random"}
 
@@ -122,7 +124,7 @@ def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict
         "device": device,
         "metrics": read_json(os.path.join(d, FINAL_METRICS)) if metrics is None else metrics,
         "overrides": list(args.opts),
-        **_init_record(d),
+        **init_record(d),
         **_calibration_record(d),
     }
 

@@ -37,6 +37,7 @@ from .records import (
     check_stage_init,
     diverged_record,
     file_sha256,
+    init_record,
     is_divergence,
     is_done,
     last_iteration,
@@ -187,6 +188,8 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
             stats = collect_mimic_statistics(config_file(bench, stage), opts)
             per_stage.extend(stats.pop("roi_mismatch_ratio"))
             threshold = stats["mismatch_threshold"]
+            stats["init"] = init_record(d)["init"]  # the row's label, as in results.json
+            stats["overrides"] = list(args.opts)
             summary[f"{stage}_seed{seed}"] = stats
         if per_stage and stage in FIG5_STAGES:
             ratios[stage] = per_stage

@@ -4,7 +4,7 @@ import json
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
-from .benches import BENCHES, STAGES
+from .benches import BENCHES, STAGES, split_run_name
 
 __all__ = [
     "mean_std",
@@ -13,6 +13,8 @@ __all__ = [
     "aggregate",
     "results_markdown",
     "compare_markdown",
+    "is_mimic_statistics",
+    "statistics_markdown",
     "report",
 ]
 
@@ -144,21 +146,83 @@ def compare_markdown(
     return "\n".join(lines) + "\n"
 
 
+_STAT_KEYS = ("mean_mismatch_ratio", "teacher_zero_fraction", "ste_zero_grad_fraction")
+
+
+def is_mimic_statistics(obj) -> bool:
+    """Whether a loaded JSON file is a ``mimic_statistics.json`` of the diagnosis pass: a dict
+    {run folder name: statistics of :func:`quant_mimic.diagnostics.collect_mimic_statistics`}."""
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(v, dict) and set(_STAT_KEYS) <= set(v) for v in obj.values())
+    )
+
+
+def statistics_markdown(stats: Dict[str, Dict]) -> str:
+    """
+    The Q diagnosis table (paper eq. 1-2 and 6, Fig. 5) of a ``mimic_statistics.json``: one row per
+    student row, mean ± sample std over its seeds. A row is a run folder's stage
+    (``quant_mimic_seed2`` -> ``quant_mimic``; a file merged from several pipeline folders keys its
+    entries ``FOLDER/quant_mimic_seed2``) labelled like :func:`row_label` when the entry records its
+    ``init`` and ``overrides`` (the pipeline writes both); percentiles of the RoI features before Q
+    (teacher f_t, adapted student r(f_s)) are means over the seeds.
+    """
+    rows: Dict[str, List[Dict]] = {}
+    for name, s in stats.items():
+        stage, _ = split_run_name(name.rsplit("/", 1)[-1])
+        rows.setdefault(row_label({**s, "stage": stage}), []).append(s)
+
+    def pct(runs, side):
+        p = [r[f"{side}_percentiles"] for r in runs]
+        return " / ".join(f"{statistics.fmean(q[k] for q in p):.2f}" for k in ("p50", "p90", "p99"))
+
+    def frac(runs, key):
+        m, s, _ = mean_std([100.0 * r[key] for r in runs])
+        return f"{m:.1f} ± {s:.1f} %"
+
+    lines = [
+        "Q diagnosis at the mimic layer (quant_mimic.diagnostics), mean ± sample std over n seeds; "
+        "feature percentiles are of the RoI features before Q (means over the seeds).",
+        "",
+        "| row | n | Q teacher / student | teacher f_t p50 / p90 / p99 | student r(f_s) p50 / p90 "
+        "/ p99 | Q(f_t) = 0 | Q(r(f_s)) = 0 | zero mimic gradient | mean Fig. 5 mismatch ratio |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in rows.items():
+        q = "/".join(
+            "on" if runs[0].get(f"quantize_{side}") else "off" for side in ("teacher", "student")
+        )
+        lines.append(
+            f"| {label} | {len(runs)} | {q} | {pct(runs, 'teacher')} | {pct(runs, 'student')} | "
+            f"{frac(runs, 'teacher_zero_fraction')} | {frac(runs, 'student_zero_fraction')} | "
+            f"{frac(runs, 'ste_zero_grad_fraction')} | {frac(runs, 'mean_mismatch_ratio')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def report(paths: Sequence[str], compare: Sequence[Sequence[str]] = ()) -> str:
     """The results.md table of committed ``results.json`` files (README tables are made so), and
-    the Welch comparison of each ``compare`` pair of rows (:func:`compare_markdown`)."""
-    records = []
+    the Welch comparison of each ``compare`` pair of rows (:func:`compare_markdown`); a
+    ``mimic_statistics.json`` of the diagnosis pass is printed as its table
+    (:func:`statistics_markdown`)."""
+    records, diagnosis = [], []
     for path in paths:
         with open(path) as f:
             recs = json.load(f)
+        if is_mimic_statistics(recs):
+            diagnosis.append(f"{path}:\n\n" + statistics_markdown(recs))
+            continue
         if not isinstance(recs, list) or not all(
             isinstance(r, dict) and {"bench", "stage", "metrics"} <= set(r) for r in recs
         ):
             raise ValueError(
                 f"{path} is not a pipeline results.json (a list of records with bench, stage and "
-                "metrics); other JSON files under results/ are read by the tools that wrote them"
+                "metrics) or mimic_statistics.json; other JSON files under results/ are read by "
+                "the tools that wrote them"
             )
         records += recs
     benches = sorted({r["bench"] for r in records})
     text = "\n".join(results_markdown(b, [r for r in records if r["bench"] == b]) for b in benches)
+    text = "\n".join(([text] if records else []) + diagnosis)
     return text + ("\n" + compare_markdown(records, compare) if compare else "")
