@@ -12,7 +12,10 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from quant_mimic.export import (
     ORT_LEVELS,
+    ExportedDetector,
+    OpenVINOSession,
     StudentInference,
+    bf16_supported,
     compare_detections,
     export_onnx,
     export_torchscript,
@@ -162,6 +165,122 @@ class TestOnnxRuntimeLevel(unittest.TestCase):
             with torch.no_grad():
                 ref = module(image)
             self.assertTrue(compare_detections(ref, (boxes, scores, classes))["ok"])
+
+
+def _has_openvino() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@unittest.skipUnless(_has_openvino(), "openvino is not installed")
+class TestOpenVINO(unittest.TestCase):
+    """The same ONNX file in OpenVINO (quant_mimic.export.OpenVINOSession): exact in fp32, chosen
+    by the file's metadata on a plain onnx_session load, bf16 only on request."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.cfg = get_config(RFCN)
+        cls.module = StudentInference(_randomise_bn(build_model_no_weights(cls.cfg)))
+        cls.images = example_images(cls.cfg, sizes=SIZES)
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.path = export_onnx(cls.module, cls.images[0], os.path.join(cls.tmp.name, "m.onnx"))
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_fp32_parity_on_two_sizes_and_an_empty_result(self):
+        import numpy as np
+
+        rows = parity_report(self.module, self.images, onnx_path=self.path, runtime="openvino")
+        self.assertEqual([r["runtime"] for r in rows], ["openvino"] * 2)
+        for r in rows:
+            self.assertTrue(r["ok"], r)
+            self.assertGreater(r["count_ref"], 0, r)
+        session = onnx_session(self.path, 1, runtime="openvino")
+        self.assertIsInstance(session, OpenVINOSession)
+        opts = session_options(session)
+        self.assertEqual(
+            (opts["runtime"], opts["precision"], opts["threads"]), ("openvino", "fp32", 1)
+        )
+        flat = np.zeros((1, 64, 96), dtype=np.float32)  # nothing to detect: (0, 4), (0,), (0,)
+        boxes, scores, classes = session.run(None, {"image": flat})
+        self.assertEqual((boxes.shape[1:], scores.ndim, classes.dtype), ((4,), 1, np.int64))
+        self.assertEqual(len(boxes), len(scores))
+        # outputs by name, in the order asked; each shape compiled once and kept (max_shapes)
+        x = self.images[1].numpy()
+        scores2, boxes2 = session.run(["scores", "boxes"], {"image": x})
+        ref_boxes, ref_scores, _ = session.run(None, {"image": x})
+        np.testing.assert_array_equal(boxes2, ref_boxes)
+        np.testing.assert_array_equal(scores2, ref_scores)
+        session.max_shapes = 1
+        session.run(None, {"image": self.images[0].numpy()})
+        self.assertEqual(len(session._requests), 1)
+
+    def test_runtime_recorded_and_applied(self):
+        import onnx
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "m.onnx")
+            with open(self.path, "rb") as src, open(path, "wb") as dst:
+                dst.write(src.read())
+            tuned = tune_onnx(path, 1, self.images[0].numpy(), runs=1, runtime="openvino")
+            self.assertEqual((tuned["runtime"], tuned["precision"]), ("openvino", "fp32"))
+            self.assertGreater(tuned["openvino_ms"], 0)
+            props = {p.key: p.value for p in onnx.load(path).metadata_props}
+            self.assertEqual(props["quant_mimic.runtime"], "openvino")
+            self.assertEqual(props["quant_mimic.precision"], "fp32")
+            self.assertIn(props["quant_mimic.ort_graph_optimization_level"], ORT_LEVELS)
+            self.assertIsInstance(onnx_session(path, 1), OpenVINOSession)  # a plain load
+            ort = onnx_session(path, 1, runtime="onnxruntime")  # the recorded level, in ORT
+            self.assertEqual(
+                session_options(ort)["graph_optimization_level"], tuned["level"]
+            )  # fmt: skip
+            auto = tune_onnx(path, 1, self.images[0].numpy(), runs=1, runtime="auto")
+            faster = "openvino" if auto["openvino_ms"] < min(auto["timings_ms"].values()) else None
+            self.assertEqual(auto["runtime"], faster or "onnxruntime")
+        with self.assertRaisesRegex(ValueError, "Unknown runtime"):
+            onnx_session(self.path, 1, runtime="tensorrt")
+        with self.assertRaisesRegex(ValueError, "Unknown precision"):
+            onnx_session(self.path, 1, runtime="openvino", precision="int4")
+        with self.assertRaisesRegex(ValueError, "runs in OpenVINO"):
+            onnx_session(self.path, 1, runtime="onnxruntime", precision="bf16")
+        with self.assertRaisesRegex(ValueError, "runs in OpenVINO"):
+            tune_onnx(self.path, 1, runs=1, precision="bf16")
+
+    def test_bf16_is_lossy_but_keeps_the_contract(self):
+        import numpy as np
+
+        if not bf16_supported():
+            with self.assertRaisesRegex(RuntimeError, "avx512_bf16 or AMX"):
+                OpenVINOSession(self.path, 1, precision="bf16")
+            return
+        session = onnx_session(self.path, 1, precision="bf16")  # implies OpenVINO
+        self.assertEqual(session_options(session)["inference_precision_hint"], "bf16")
+        boxes, scores, classes = session.run(None, {"image": self.images[0].numpy()})
+        self.assertEqual((boxes.dtype, scores.dtype, classes.dtype),
+                         (np.float32, np.float32, np.int64))  # fmt: skip
+        self.assertEqual((len(boxes), len(scores)), (len(classes), len(classes)))
+        self.assertTrue(np.all(boxes[:, 2:] >= boxes[:, :2]))
+
+    def test_exported_detector_evaluates_like_the_model(self):
+        # detectron2's evaluation input: a resized uint8 image and the original height / width
+        model = self.module.model
+        image = self.images[0].round().clamp(0, 255).to(torch.uint8)
+        inputs = [{"image": image, "height": 384, "width": 512}]
+        with torch.no_grad():
+            ref = model(inputs)[0]["instances"]
+        for runtime in ("onnxruntime", "openvino"):
+            with self.subTest(runtime=runtime):
+                detector = ExportedDetector(onnx_session(self.path, 1, runtime=runtime))
+                got = detector(inputs)[0]["instances"]
+                self.assertEqual(got.image_size, (384, 512))
+                ref_det = (ref.pred_boxes.tensor, ref.scores, ref.pred_classes)
+                got_det = (got.pred_boxes.tensor, got.scores, got.pred_classes)
+                self.assertTrue(compare_detections(ref_det, got_det, 0.1, 1e-3)["ok"])
 
 
 class TestExportCLI(unittest.TestCase):

@@ -86,6 +86,71 @@ class TestTools(unittest.TestCase):
             rows[2]["session"]["graph_optimization_level"], min(timings, key=timings.get)
         )
 
+    def test_benchmark_speed_openvino_rows(self):
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            self.skipTest("openvino is not installed")
+        from quant_mimic.export import bf16_supported
+
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "speed.json")
+            tool = os.path.join(REPO_ROOT, "tools", "benchmark_speed.py")
+            cmd = [sys.executable, tool, "--runs", "1", "--warmup", "0", "--height", "96"]
+            cmd += ["--width", "128", "--json", out, "--threads", "1", "--runtime", "onnxruntime"]
+            cmd += ["--openvino", "--models", "VGG-1-32 R-FCN"]
+            proc = subprocess.run(cmd, capture_output=True, cwd=d)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            with open(out) as f:
+                rows = json.load(f)
+        expected = ["onnxruntime", "openvino"] + ["openvino-bf16"] * bf16_supported()
+        self.assertEqual([r["runtime"] for r in rows], expected)
+        for r in rows:
+            self.assertGreater(r["detector_ms"], 0)
+            self.assertTrue(r["openvino"] and isinstance(r["bf16"], bool), r)
+        self.assertEqual(rows[1]["session"]["runtime"], "openvino")
+        self.assertEqual(rows[1]["session"]["precision"], "fp32")
+        self.assertEqual(rows[1]["session"]["threads"], 1)
+        if bf16_supported():
+            self.assertEqual(rows[2]["session"]["precision"], "bf16")
+
+    def test_eval_exported_scores_each_runtime_like_the_model(self):
+        from quant_mimic.pipeline.plan import generate_data, load_preset
+
+        with tempfile.TemporaryDirectory() as tmp:
+            generate_data("faces", load_preset("smoke", "faces"), tmp, False)
+            config = os.path.join(REPO_ROOT, "configs", "Synth", "rfcn_VGG-1-32_scratch.yaml")
+            model = build_model_no_weights(get_config(config))
+            weights = os.path.join(tmp, "scratch_seed3", "model_final.pth")
+            os.makedirs(os.path.dirname(weights))
+            torch.save({"model": model.state_dict()}, weights)
+            out = os.path.join(tmp, "ap.json")
+            tool = os.path.join(REPO_ROOT, "tools", "eval_exported.py")
+            cmd = [sys.executable, tool, "--weights", weights, "--config-file", config]
+            cmd += ["--json", out, "--threads", "1", "--runtimes", "pytorch", "onnxruntime"]
+            env = dict(os.environ, DETECTRON2_DATASETS=os.path.join(tmp, "datasets"))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+            with open(out) as f:
+                rows = json.load(f)
+            self.assertEqual([r["runtime"] for r in rows], ["pytorch", "onnxruntime"])
+            self.assertEqual({(r["kind"], r["seed"]) for r in rows}, {("scratch", 3)})
+            self.assertIn("widerface/AP_easy", rows[0]["metrics"])
+            self.assertEqual(rows[0]["metrics"], rows[1]["metrics"])  # fp32 export is exact
+            self.assertEqual(rows[1]["session"]["runtime"], "onnxruntime")
+            self.assertTrue(rows[0]["host"]["cpu"])
+            table = subprocess.run([sys.executable, tool, "--report", out], capture_output=True,
+                                   text=True)  # fmt: skip
+            self.assertEqual(table.returncode, 0, table.stderr[-2000:])
+            self.assertIn("| scratch | onnxruntime | 1 |", table.stdout)
+            self.assertIn("(Δ +0.00", table.stdout)  # the paired difference to PyTorch
+            missing = subprocess.run(
+                [sys.executable, tool, "--weights", os.path.join(tmp, "none.pth"), "--json", out],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            self.assertNotEqual(missing.returncode, 0)
+            self.assertIn("weights not found", missing.stderr)
+
     def test_demo_writes_png_of_input_size(self):
         import cv2
 

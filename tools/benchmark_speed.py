@@ -3,7 +3,7 @@
 with a mobile detector a user would pick instead.
 
     python tools/benchmark_speed.py [--device cpu|cuda] [--threads 2] [--runtime all]
-        [--peer] [--runs 30] [--json speed.json] [--models "VGG-1-32 R-FCN" ...]
+        [--openvino] [--peer] [--runs 30] [--json speed.json] [--models "VGG-1-32 R-FCN" ...]
 
 One image of 576×1024 (the paper's longer side 1024), batch 1, random weights (speed does not
 depend on them), every model measured in the same process so that ratios are side by side.
@@ -16,13 +16,19 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
 * ``onnxruntime``: the same module exported to ONNX (``--format onnx``), its graph optimisation
   level chosen by timing on this host and recorded in the file as the export tool does
   (``tune_onnx``; the per-level times are in the row), onnxruntime CPU session with ``--threads``
-  intra-op threads (CPU only).
+  intra-op threads (CPU only);
+* ``openvino`` (``--openvino`` or ``--runtime openvino``): the same ONNX file in OpenVINO's CPU
+  runtime (``onnx_session(path, threads, runtime="openvino")``: compiled for the input's shape,
+  fp32, exact);
+* ``openvino-bf16``: the same, bfloat16 inference (``precision="bf16"``; lossy, AP cost from
+  ``tools/eval_exported.py``); skipped on CPUs without avx512_bf16 or AMX.
 
 Every row records its host (``cpu`` model, ``isa``: which of avx2 / avx512f / avx512_vnni /
-amx_tile, ``torch`` and ``onnxruntime`` versions, threads) and, for onnxruntime, the session
-options (``session``: graph optimisation level, threads). Also: parameters, fp32 size, backbone
-GMACs at 600×1000 (fvcore), and for ``pytorch`` the time split (preprocess / backbone / RPN /
-ROI head / postprocess). ``--peer``: torchvision's
+amx_tile, ``bf16``: native bfloat16 or not, ``torch``, ``onnxruntime`` and ``openvino`` versions,
+threads) and, for onnxruntime / OpenVINO, the session options (``session``: graph optimisation
+level or precision, threads). Also: parameters, fp32 size, backbone GMACs at 600×1000 (fvcore),
+and for ``pytorch`` the time split (preprocess / backbone / RPN / ROI head / postprocess).
+``--peer``: torchvision's
 ``fasterrcnn_mobilenet_v3_large_320_fpn`` (random weights, the same 576×1024 input, its own
 resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms / model ms.
 """
@@ -41,6 +47,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from quant_mimic import get_config
 from quant_mimic.export import (
     StudentInference,
+    bf16_supported,
     export_onnx,
     export_torchscript,
     host_info,
@@ -71,7 +78,8 @@ MODELS["ResNet18-1-16 Faster R-CNN, RPN test 1000/100"] = (
     DEPLOY_OPTS,
 )
 STUDENTS = tuple(m for m in MODELS if "-1-32" in m or "-1-16" in m)
-RUNTIMES = ("pytorch", "torchscript", "onnxruntime")
+RUNTIMES = ("pytorch", "torchscript", "onnxruntime")  # --runtime all
+OPENVINO_RUNTIMES = ("openvino", "openvino-bf16")  # --openvino
 PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
@@ -143,10 +151,12 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
         common["conv_backend"] = "oneDNN" if module.onednn else "native"
         common.update({k: round(v, 3) for k, v in tuned.items()})
     rows = []
+    onnx_path = ""
     for runtime in args.runtimes:
         row_extra = {}
-        if runtime == "onnxruntime" and cuda:
-            continue
+        if runtime != "pytorch" and runtime != "torchscript" and cuda:
+            continue  # onnxruntime / OpenVINO rows are CPU rows
+        session = None
         if runtime == "pytorch":
             fn = _no_grad(lambda: module(img))
         elif runtime == "torchscript":
@@ -158,21 +168,46 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
                     return ts(img)
 
         else:
-            path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
-            row_extra["ort_level_timings_ms"] = tune_onnx(path, args.threads, img.cpu().numpy())[
-                "timings_ms"
-            ]  # as tools/export_student.py does: the fastest level, recorded in the file
-            session = onnx_session(path, args.threads)
+            if not onnx_path:
+                onnx_path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
+            engine, _, precision = runtime.partition("-")
+            if engine == "onnxruntime":
+                row_extra["ort_level_timings_ms"] = tune_onnx(
+                    onnx_path, args.threads, img.cpu().numpy()
+                )[
+                    "timings_ms"
+                ]  # as tools/export_student.py does: the fastest level, recorded
+                session = onnx_session(onnx_path, args.threads)
+            else:
+                skip = _openvino_unavailable(precision)
+                if skip:
+                    print(f"  {name} / {runtime}: skipped ({skip})", flush=True)  # model name
+                    continue
+                session = onnx_session(
+                    onnx_path, args.threads, runtime=engine, precision=precision or "fp32"
+                )
             fn = lambda: run_onnx(session, img)  # noqa: E731
         row = dict(common, runtime=runtime, **row_extra)
-        if runtime == "onnxruntime":
+        if session is not None:
             row["session"] = session_options(session)
         row["detector_ms"] = round(median_ms(fn, args.runs, args.warmup, cuda), 3)
+        fn = session = None  # its threads end before the next runtime is timed
         if runtime == "pytorch" and name in STUDENTS:
             row.update(time_split(module, img, args.runs, args.warmup, cuda))
         rows.append(row)
         print(f"  {name} / {runtime}: {row['detector_ms']:.2f} ms", flush=True)
     return rows
+
+
+def _openvino_unavailable(precision: str) -> str:
+    """Why an OpenVINO row cannot run here ("" if it can)."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return "openvino is not installed"
+    if precision == "bf16" and not bf16_supported():
+        return "this CPU has neither avx512_bf16 nor AMX"
+    return ""
 
 
 def measure_peer(args, image) -> Dict:
@@ -217,7 +252,13 @@ def main(argv=None) -> List[Dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch / onnxruntime CPU threads")
-    parser.add_argument("--runtime", choices=RUNTIMES + ("all",), default="all")
+    parser.add_argument(
+        "--runtime", choices=RUNTIMES + OPENVINO_RUNTIMES + ("all",), default="all",
+        help=f"one runtime, or all of {RUNTIMES}",
+    )  # fmt: skip
+    parser.add_argument(
+        "--openvino", action="store_true", help=f"also time {OPENVINO_RUNTIMES} (CPU)"
+    )
     parser.add_argument("--peer", action="store_true", help=f"also time {PEER}")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--runs", type=int, default=30)
@@ -227,6 +268,8 @@ def main(argv=None) -> List[Dict]:
     parser.add_argument("--json", default="", help="write the rows to this file")
     args = parser.parse_args(argv)
     args.runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
+    if args.openvino:
+        args.runtimes += tuple(r for r in OPENVINO_RUNTIMES if r not in args.runtimes)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, args.height, args.width, generator=g) * 255

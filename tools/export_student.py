@@ -2,7 +2,8 @@
 """Export the trained student for deployment: a plain checkpoint, TorchScript or ONNX.
 
     python tools/export_student.py --config-file CFG --format pth|torchscript|onnx --output FILE \\
-        [--check] [--no-fold-bn] MODEL.WEIGHTS model_final.pth [KEY VALUE ...]
+        [--check] [--no-fold-bn] [--runtime onnxruntime|openvino|auto] [--precision fp32|bf16] \\
+        MODEL.WEIGHTS model_final.pth [KEY VALUE ...]
 
 * ``pth``: the checkpoint's model tensors without MimicRCNN's adapters r and without optimizer /
   scheduler state. It loads with no missing or unexpected key into the plain student config, e.g.
@@ -12,9 +13,14 @@
   (:class:`quant_mimic.export.StudentInference`; contract in its module docstring and README
   "Deploy"), BN folded into the convolutions unless ``--no-fold-bn``. CFG may be the student's
   config or the MimicRCNN config it was trained with (its inference is the student's).
-* ``--check``: run the exported file (TorchScript in torch, ONNX in onnxruntime) and the PyTorch
-  model on two synthetic images of different sizes and compare detections (same count and class,
-  |Δbox| ≤ 0.05 px, |Δscore| ≤ 1e-3); exit status 1 if they disagree.
+* ``--runtime`` / ``--precision`` (onnx): what a plain ``quant_mimic.export.onnx_session(path,
+  threads)`` load runs, recorded in the file with the timed onnxruntime level: onnxruntime
+  (default), OpenVINO, or ``auto`` (the faster here); ``bf16`` = OpenVINO bfloat16 inference,
+  lossy (AP cost: ``tools/eval_exported.py``, docs/SPEED.md).
+* ``--check``: run the exported file (TorchScript in torch, ONNX in its recorded runtime, in fp32)
+  and the PyTorch model on two synthetic images of different sizes and compare detections (same
+  count and class, |Δbox| ≤ 0.05 px, |Δscore| ≤ 1e-3); exit status 1 if they disagree. With
+  ``--precision bf16`` the bf16 deviation is printed too (not a pass/fail check).
 
 The output is written atomically and never over the input checkpoint.
 """
@@ -98,6 +104,20 @@ def main(argv=None) -> int:
         help="onnx: time onnxruntime's graph optimisation levels with this many threads and record "
         "the fastest in the file (quant_mimic.export.onnx_session applies it); 0: do not tune",
     )
+    parser.add_argument(
+        "--runtime",
+        choices=("onnxruntime", "openvino", "auto"),
+        default="onnxruntime",
+        help="onnx: the runtime a plain quant_mimic.export.onnx_session load uses, recorded in the "
+        "file; auto: the faster of the two on this host, timed now",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="onnx: bf16 = OpenVINO bfloat16 inference (lossy; CPUs with avx512_bf16 or AMX; AP "
+        "cost measured in docs/SPEED.md), recorded in the file; the file's weights stay fp32",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     weights = _weights_from_opts(args.opts)
@@ -139,20 +159,30 @@ def main(argv=None) -> int:
         f"Wrote {args.format} to {args.output} ({os.path.getsize(args.output) / 2**20:.2f} MB; "
         f"{module.num_folded} BatchNorm layers folded)"
     )
-    if args.format == "onnx" and args.ort_threads > 0:
-        tuned = tune_onnx(args.output, args.ort_threads)
+    chosen = args.runtime != "onnxruntime" or args.precision != "fp32"
+    if args.format == "onnx" and (args.ort_threads > 0 or chosen):
+        tuned = tune_onnx(
+            args.output, args.ort_threads, runtime=args.runtime, precision=args.precision
+        )
         print(
             f"onnxruntime graph optimisation on this host ({tuned['host']['cpu']}, "
-            f"{args.ort_threads} threads, 576x1024): {tuned['timings_ms']} ms -> {tuned['level']}, "
-            "recorded in the file's metadata"
+            f"{args.ort_threads} threads, 576x1024): {tuned['timings_ms']} ms -> {tuned['level']}; "
+            f"OpenVINO {tuned['precision']}: {tuned['openvino_ms']} ms; plain load: "
+            f"{tuned['runtime']} {tuned['precision']} (recorded in the file's metadata)"
         )
     if args.check:
         key = "onnx_path" if args.format == "onnx" else "torchscript_path"
-        rows = parity_report(module, images, **{key: args.output})
+        # the file itself is exact: the strict check runs it in fp32 whatever precision it records
+        rows = parity_report(module, images, **{key: args.output}, precision="fp32")
         print(json.dumps(rows, indent=1))
         if not all(r["ok"] for r in rows):
             print("Parity check FAILED", file=sys.stderr)
             return 1
+        if args.format == "onnx" and args.precision == "bf16":
+            lossy = parity_report(module, images, onnx_path=args.output, box_atol=1e9, score_atol=1)
+            print("bf16 (lossy; not a pass/fail check, AP cost: tools/eval_exported.py): "
+                  + json.dumps([{k: r[k] for k in ("image", "count_ref", "count_other",
+                                "max_box_diff", "max_score_diff")} for r in lossy]))  # fmt: skip
         print(f"Parity check passed on {len(images)} images of sizes "
               f"{[list(i.shape[1:]) for i in images]}")  # fmt: skip
     return 0

@@ -12,10 +12,12 @@ ONNX / TorchScript contract (README, "Deploy"):
 """
 
 import copy
+import importlib
 import logging
 import os
 import statistics
 import time
+from collections import OrderedDict
 from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -34,15 +36,22 @@ __all__ = [
     "export_torchscript",
     "export_onnx",
     "onnx_session",
+    "OpenVINOSession",
+    "ExportedDetector",
+    "bf16_supported",
     "time_ort_levels",
     "tune_onnx",
     "ORT_LEVELS",
+    "ONNX_RUNTIMES",
+    "PRECISIONS",
     "run_onnx",
     "compare_detections",
     "parity_report",
     "median_ms",
     "host_info",
     "session_options",
+    "time_openvino",
+    "ISA_FLAGS",
     "ONNX_OPSET",
 ]
 
@@ -200,10 +209,20 @@ def export_onnx(module: StudentInference, example: torch.Tensor, path: str) -> s
     return path
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile")
+
+
+def _module_version(name: str):
+    try:
+        return importlib.import_module(name).__version__
+    except ImportError:
+        return None
+
+
 def host_info() -> Dict:
-    """What a benchmark ran on: CPU model, which of avx2 / avx512f / avx512_vnni / amx_tile it has,
-    cores, torch threads and the torch / onnxruntime versions (a time without its host cannot be
-    compared with anyone's)."""
+    """What a benchmark ran on: CPU model, which of :data:`ISA_FLAGS` it has, whether it has
+    native bfloat16 (``bf16``: avx512_bf16 or AMX), cores, torch threads and the torch /
+    onnxruntime / openvino versions (a time without its host cannot be compared with anyone's)."""
     import platform
 
     model, flags = platform.processor() or platform.machine(), set()
@@ -215,26 +234,27 @@ def host_info() -> Dict:
                     model = line.split(":", 1)[1].strip()
                 elif key == "flags":
                     flags = set(line.split(":", 1)[1].split())
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = None
     return {
         "cpu": model,
-        "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f in flags],
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "onnxruntime": ort_version,
+        "onnxruntime": _module_version("onnxruntime"),
+        "openvino": _module_version("openvino"),
     }
 
 
 def session_options(session) -> Dict:
-    """The options an onnxruntime session runs with (graph optimisation level, threads)."""
+    """The options a session of :func:`onnx_session` runs with: for onnxruntime the graph
+    optimisation level and threads, for :class:`OpenVINOSession` its :meth:`~OpenVINOSession.
+    options` (precision, threads, static shapes)."""
+    if isinstance(session, OpenVINOSession):
+        return session.options()
     o = session.get_session_options()
     return {
+        "runtime": "onnxruntime",
         "graph_optimization_level": str(o.graph_optimization_level).split(".")[-1],
         "intra_op_num_threads": o.intra_op_num_threads,
         "inter_op_num_threads": o.inter_op_num_threads,
@@ -243,8 +263,13 @@ def session_options(session) -> Dict:
 
 
 ORT_LEVELS = ("ORT_ENABLE_BASIC", "ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL")
-ORT_LEVEL_KEY = "quant_mimic.ort_graph_optimization_level"  # ONNX metadata written by tune_onnx
+ONNX_RUNTIMES = ("onnxruntime", "openvino")  # what runs an exported file (onnx_session)
+PRECISIONS = ("fp32", "bf16")  # bf16: OpenVINO only, lossy (AP cost in docs/SPEED.md)
+# ONNX metadata written by tune_onnx
+ORT_LEVEL_KEY = "quant_mimic.ort_graph_optimization_level"
 ORT_TUNED_ON_KEY = "quant_mimic.ort_tuned_on"
+RUNTIME_KEY = "quant_mimic.runtime"
+PRECISION_KEY = "quant_mimic.precision"
 
 
 def _onnx_metadata(path: str) -> Dict[str, str]:
@@ -274,6 +299,88 @@ def _session(path: str, threads: int, level: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def bf16_supported() -> bool:
+    """Whether OpenVINO's CPU plugin runs bfloat16 natively here (avx512_bf16 or AMX)."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return False
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINOSession:
+    """
+    OpenVINO CPU inference of an exported student (the same ONNX file, no conversion step) behind
+    onnxruntime's interface: ``run(None, {"image": x})`` returns ``[boxes, scores, classes]``, so
+    :func:`run_onnx`, :func:`parity_report` and :class:`ExportedDetector` take either session.
+
+    The file's height and width are dynamic; the model is compiled for each input shape it meets
+    (kept for the last ``max_shapes`` shapes): the CPU plugin's kernels for a static shape are
+    faster than its dynamic-shape path (docs/SPEED.md). A shape's first call pays the compile.
+
+    ``precision``: "fp32" is exact (the same parity with PyTorch as onnxruntime); "bf16" runs
+    convolutions and matrix products in bfloat16 on CPUs with native support (avx512_bf16 or AMX;
+    :func:`bf16_supported`) and is lossy: its detection and AP cost are measured by
+    ``tools/eval_exported.py`` (docs/SPEED.md).
+    """
+
+    def __init__(self, path: str, threads: int = 0, precision: str = "fp32", max_shapes: int = 4):
+        import openvino as ov
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
+        if precision == "bf16" and not bf16_supported():
+            raise RuntimeError(
+                f"precision 'bf16' needs a CPU with avx512_bf16 or AMX; this one "
+                f"({host_info()['cpu']}) has neither: use 'fp32'"
+            )
+        self._core = ov.Core()
+        self._model = self._core.read_model(path)
+        self._input = self._model.inputs[0].get_any_name()
+        self._outputs = [o.get_any_name() for o in self._model.outputs]
+        self._config = {
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32" if precision == "fp32" else "bf16",
+        }
+        if threads:
+            self._config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.path, self.threads, self.precision = path, int(threads), precision
+        self.max_shapes = int(max_shapes)
+        self._requests: "OrderedDict[tuple, object]" = OrderedDict()
+
+    def _request(self, shape: tuple):
+        request = self._requests.pop(shape, None)
+        if request is None:
+            model = self._model.clone()
+            model.reshape({self._input: list(shape)})
+            request = self._core.compile_model(model, "CPU", self._config).create_infer_request()
+            while len(self._requests) >= self.max_shapes:
+                self._requests.popitem(last=False)
+        self._requests[shape] = request  # most recently used last
+        return request
+
+    def run(self, output_names, input_feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        """``output_names`` (None: all, in the file's order) of one inference of ``input_feed``."""
+        x = np.ascontiguousarray(input_feed[self._input], dtype=np.float32)
+        result = self._request(tuple(x.shape)).infer({self._input: x})  # outputs are copies
+        values = dict(zip(self._outputs, result.to_tuple()))  # the file's output order
+        return [values[name] for name in (output_names or self._outputs)]
+
+    def options(self) -> Dict:
+        import openvino as ov
+
+        return {
+            "runtime": "openvino",
+            "openvino": ov.__version__,
+            "precision": self.precision,
+            "inference_precision_hint": self._config["INFERENCE_PRECISION_HINT"],
+            "threads": self.threads,
+            "performance_hint": self._config["PERFORMANCE_HINT"],
+            "static_shapes": True,
+        }
+
+
 def time_ort_levels(
     path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
 ) -> Dict[str, float]:
@@ -286,50 +393,135 @@ def time_ort_levels(
     for level in ORT_LEVELS:
         session = _session(path, threads, level)
         out[level] = round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
+        session = None  # its threads end before the next one is timed
     return out
 
 
-def tune_onnx(path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10) -> Dict:
+def time_openvino(
+    path: str,
+    threads: int = 0,
+    example: np.ndarray = None,
+    runs: int = 10,
+    warmup: int = 2,
+    precision: str = "fp32",
+) -> float:
+    """Median ms of one inference of the ONNX file in :class:`OpenVINOSession`, on this host."""
+    x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
+    session = OpenVINOSession(path, threads, precision)
+    return round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
+
+
+def tune_onnx(
+    path: str,
+    threads: int = 0,
+    example: np.ndarray = None,
+    runs: int = 10,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
+) -> Dict:
     """
-    Time the graph optimisation levels on this host (:func:`time_ort_levels`) and record the
-    fastest in the file's metadata (``quant_mimic.ort_graph_optimization_level``, with the host and
-    timings in ``quant_mimic.ort_tuned_on``), so that :func:`onnx_session` applies it on a plain
-    load.
+    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`) and record
+    the fastest in the file's metadata (``quant_mimic.ort_graph_optimization_level``, with the host
+    and timings in ``quant_mimic.ort_tuned_on``), so that :func:`onnx_session` applies it on a plain
+    load. Also records the runtime a plain load uses (``quant_mimic.runtime``) and its precision
+    (``quant_mimic.precision``):
+
+    * ``runtime="onnxruntime"`` (default), "openvino", or "auto": OpenVINO is timed too
+      (:func:`time_openvino` at ``precision``) and the faster of the two is recorded;
+    * ``precision="bf16"`` (OpenVINO only, lossy; the caller's choice, never made by timing).
 
     Returns:
-        dict: ``level``, ``timings_ms`` (per level), ``host``.
+        dict: ``level``, ``timings_ms`` (per onnxruntime level), ``runtime``, ``precision``,
+        ``openvino_ms`` (None when not timed), ``host``.
     """
     import json
 
     import onnx
 
+    if runtime not in ONNX_RUNTIMES + ("auto",):
+        raise ValueError(f"Unknown runtime {runtime!r}; use one of {ONNX_RUNTIMES + ('auto',)}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
+    if precision == "bf16" and runtime == "onnxruntime":
+        raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino' or 'auto'")
     timings = time_ort_levels(path, threads, example, runs)
     level = min(timings, key=timings.get)
+    openvino_ms = None
+    if runtime != "onnxruntime":
+        openvino_ms = time_openvino(path, threads, example, runs, precision=precision)
+    if runtime == "auto":
+        runtime = "openvino" if openvino_ms < timings[level] else "onnxruntime"
+    if runtime == "onnxruntime":
+        precision = "fp32"
     host = host_info()
-    tuned_on = {"cpu": host["cpu"], "isa": host["isa"], "onnxruntime": host["onnxruntime"]}
-    tuned_on.update(threads=threads, timings_ms=timings)
+    tuned_on = {k: host[k] for k in ("cpu", "isa", "bf16", "onnxruntime", "openvino")}
+    tuned_on.update(threads=threads, timings_ms=timings, openvino_ms=openvino_ms)
     model = onnx.load(path)
     props = {p.key: p.value for p in model.metadata_props}
-    props.update({ORT_LEVEL_KEY: level, ORT_TUNED_ON_KEY: json.dumps(tuned_on)})
+    props.update(
+        {
+            ORT_LEVEL_KEY: level,
+            ORT_TUNED_ON_KEY: json.dumps(tuned_on),
+            RUNTIME_KEY: runtime,
+            PRECISION_KEY: precision,
+        }
+    )
     onnx.helper.set_model_props(model, props)
     tmp = path + ".tmp"
     onnx.save(model, tmp)
     os.replace(tmp, path)
-    return {"level": level, "timings_ms": timings, "host": tuned_on}
+    return {
+        "level": level,
+        "timings_ms": timings,
+        "runtime": runtime,
+        "precision": precision,
+        "openvino_ms": openvino_ms,
+        "host": tuned_on,
+    }
 
 
-def onnx_session(path: str, threads: int = 0, level: str = ""):
+def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = "", precision=""):
     """
-    An onnxruntime CPU session of an exported student (``threads`` intra-op threads; 0 =
-    onnxruntime's default) with its graph optimisation level: ``level`` if given (one of
-    :data:`ORT_LEVELS`, or "auto": timed now on this host), else the one :func:`tune_onnx` recorded
-    in the file (``tools/export_student.py`` does at export), else ORT_ENABLE_ALL.
+    A CPU session of an exported student with the options its file records (:func:`tune_onnx`;
+    ``tools/export_student.py`` tunes at export), ``threads`` intra-op threads (0 = the runtime's
+    default). Every session answers ``run(None, {"image": x}) -> [boxes, scores, classes]``.
+
+    Args:
+        level: onnxruntime graph optimisation level, one of :data:`ORT_LEVELS` or "auto" (timed
+            now on this host); default: the recorded one, else ORT_ENABLE_ALL.
+        runtime: "onnxruntime" or "openvino" (:class:`OpenVINOSession`); default: the recorded
+            one, else onnxruntime. A recorded OpenVINO choice falls back to onnxruntime, with a
+            warning, where openvino is not installed.
+        precision: "fp32" or "bf16" (implies OpenVINO); default: the recorded one, else fp32. A
+            recorded bf16 falls back to fp32, with a warning, on a CPU without bf16.
     """
+    meta = _onnx_metadata(path)
+    if precision == "bf16" and not runtime:
+        runtime = "openvino"
+    explicit_runtime, explicit_precision = bool(runtime), bool(precision)
+    runtime = runtime or meta.get(RUNTIME_KEY, "onnxruntime")
+    precision = precision or meta.get(PRECISION_KEY, "fp32")
+    if runtime not in ONNX_RUNTIMES:
+        raise ValueError(f"Unknown runtime {runtime!r}; use one of {ONNX_RUNTIMES}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
+    if runtime == "openvino":
+        if precision == "bf16" and not explicit_precision and not bf16_supported():
+            logger.warning(f"{path} records bf16 but this CPU has no bf16: running fp32")
+            precision = "fp32"
+        try:
+            return OpenVINOSession(path, threads, precision)
+        except ImportError:
+            if explicit_runtime:
+                raise
+            logger.warning(f"{path} records OpenVINO, which is not installed: using onnxruntime")
+    elif precision == "bf16":
+        raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino'")
     if level == "auto":
         timings = time_ort_levels(path, threads)
         level = min(timings, key=timings.get)
     if not level:
-        level = _onnx_metadata(path).get(ORT_LEVEL_KEY, "ORT_ENABLE_ALL")
+        level = meta.get(ORT_LEVEL_KEY, "ORT_ENABLE_ALL")
     if level not in ORT_LEVELS:
         raise ValueError(
             f"Unknown onnxruntime graph optimisation level {level!r}; use {ORT_LEVELS}"
@@ -337,8 +529,40 @@ def onnx_session(path: str, threads: int = 0, level: str = ""):
     return _session(path, threads, level)
 
 
+class ExportedDetector(nn.Module):
+    """
+    An exported student's session (:func:`onnx_session`) as a detectron2 model for evaluation:
+    ``forward(batched_inputs)`` takes the test loader's dicts (``image``: (C, H, W) uint8 tensor
+    already resized, optional ``height`` / ``width`` of the original image) and returns
+    ``[{"instances": Instances}]`` in the original image's pixels, as ``GeneralizedRCNN`` does, so
+    that ``inference_on_dataset`` (or ``DefaultTrainer.test``) measures the runtime's AP.
+    """
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, batched_inputs: List[Dict]) -> List[Dict]:
+        from detectron2.modeling.postprocessing import detector_postprocess
+        from detectron2.structures import Boxes, Instances
+
+        outputs = []
+        for inputs in batched_inputs:
+            image = inputs["image"]
+            boxes, scores, classes = run_onnx(self.session, image.float())
+            result = Instances(tuple(image.shape[1:]))
+            result.pred_boxes = Boxes(torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4))
+            result.scores = torch.as_tensor(scores, dtype=torch.float32)
+            result.pred_classes = torch.as_tensor(classes, dtype=torch.int64)
+            height = inputs.get("height", image.shape[1])
+            width = inputs.get("width", image.shape[2])
+            outputs.append({"instances": detector_postprocess(result, height, width)})
+        return outputs
+
+
 def run_onnx(session, image: torch.Tensor) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """boxes, scores, classes of one (C, H, W) image from an onnxruntime session."""
+    """boxes, scores, classes of one (C, H, W) image from a session of :func:`onnx_session`
+    (onnxruntime or :class:`OpenVINOSession`)."""
     boxes, scores, classes = session.run(None, {"image": image.numpy().astype(np.float32)})
     return boxes, scores, classes
 
@@ -382,12 +606,18 @@ def parity_report(
     onnx_path: str = "",
     box_atol: float = 0.05,
     score_atol: float = 1e-3,
+    runtime: str = "",
+    precision: str = "",
 ) -> List[Dict]:
     """Run the PyTorch module and the exported files on ``images``; one comparison per file and
-    image (see :func:`compare_detections`)."""
+    image (see :func:`compare_detections`). The ONNX file runs in :func:`onnx_session` (``runtime``
+    and ``precision`` as there: by default what the file records)."""
     rows = []
     ts = torch.jit.load(torchscript_path) if torchscript_path else None
-    session = onnx_session(onnx_path) if onnx_path else None
+    session = onnx_session(onnx_path, runtime=runtime, precision=precision) if onnx_path else None
+    if session is not None:
+        opts = session_options(session)
+        name = opts["runtime"] + ("-bf16" if opts.get("precision") == "bf16" else "")
     for i, image in enumerate(images):
         with torch.no_grad():
             ref = [x.numpy() for x in module(image)]
@@ -400,7 +630,7 @@ def parity_report(
         if session is not None:
             got = run_onnx(session, image)
             rows.append(
-                dict(runtime="onnxruntime", image=i, size=list(image.shape[1:]),
+                dict(runtime=name, image=i, size=list(image.shape[1:]),
                      **compare_detections(ref, got, box_atol, score_atol))
             )  # fmt: skip
     return rows
