@@ -235,6 +235,8 @@ class TestOpenVINO(unittest.TestCase):
             self.assertEqual(props["quant_mimic.precision"], "fp32")
             self.assertIn(props["quant_mimic.ort_graph_optimization_level"], ORT_LEVELS)
             self.assertIsInstance(onnx_session(path, 1), OpenVINOSession)  # a plain load
+            level = session_options(onnx_session(path, 1, "ORT_ENABLE_BASIC"))  # level: ORT
+            self.assertEqual(level["graph_optimization_level"], "ORT_ENABLE_BASIC")
             ort = onnx_session(path, 1, runtime="onnxruntime")  # the recorded level, in ORT
             self.assertEqual(
                 session_options(ort)["graph_optimization_level"], tuned["level"]

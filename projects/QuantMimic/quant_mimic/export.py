@@ -488,7 +488,8 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
 
     Args:
         level: onnxruntime graph optimisation level, one of :data:`ORT_LEVELS` or "auto" (timed
-            now on this host); default: the recorded one, else ORT_ENABLE_ALL.
+            now on this host; implies onnxruntime); default: the recorded one, else
+            ORT_ENABLE_ALL.
         runtime: "onnxruntime" or "openvino" (:class:`OpenVINOSession`); default: the recorded
             one, else onnxruntime. A recorded OpenVINO choice falls back to onnxruntime, with a
             warning, where openvino is not installed.
@@ -498,6 +499,8 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
     meta = _onnx_metadata(path)
     if precision == "bf16" and not runtime:
         runtime = "openvino"
+    if level and not runtime:
+        runtime = "onnxruntime"  # a graph optimisation level is an onnxruntime option
     explicit_runtime, explicit_precision = bool(runtime), bool(precision)
     runtime = runtime or meta.get(RUNTIME_KEY, "onnxruntime")
     precision = precision or meta.get(PRECISION_KEY, "fp32")
