@@ -237,6 +237,16 @@ class TestOpenVINO(unittest.TestCase):
             self.assertIsInstance(onnx_session(path, 1), OpenVINOSession)  # a plain load
             level = session_options(onnx_session(path, 1, "ORT_ENABLE_BASIC"))  # level: ORT
             self.assertEqual(level["graph_optimization_level"], "ORT_ENABLE_BASIC")
+            # recorded OpenVINO where openvino is missing: onnxruntime, with a warning
+            from unittest import mock
+
+            with (
+                mock.patch("importlib.util.find_spec", return_value=None),
+                self.assertLogs("quant_mimic.export", "WARNING") as logs,
+            ):
+                fallback = session_options(onnx_session(path, 1))
+            self.assertEqual(fallback["graph_optimization_level"], tuned["level"])
+            self.assertIn("not installed", logs.output[0])
             ort = onnx_session(path, 1, runtime="onnxruntime")  # the recorded level, in ORT
             self.assertEqual(
                 session_options(ort)["graph_optimization_level"], tuned["level"]

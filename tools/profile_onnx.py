@@ -40,13 +40,10 @@ def profile_ort(path: str, x: np.ndarray, threads: int, level: str, runs: int, t
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        for _ in range(3):
-            session.run(None, {"image": x})
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(d, "ort")
         session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        for _ in range(runs + 3):
+        for _ in range(runs + 3):  # the first 3 are warm-up, left out below
             session.run(None, {"image": x})
         session.end_profiling()
         with open(glob.glob(os.path.join(d, "ort*.json"))[0]) as f:

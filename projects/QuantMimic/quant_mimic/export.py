@@ -12,7 +12,9 @@ ONNX / TorchScript contract (README, "Deploy"):
 """
 
 import copy
+import functools
 import importlib
+import importlib.util
 import logging
 import os
 import statistics
@@ -299,8 +301,10 @@ def _session(path: str, threads: int, level: str):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+@functools.lru_cache(maxsize=None)
 def bf16_supported() -> bool:
-    """Whether OpenVINO's CPU plugin runs bfloat16 natively here (avx512_bf16 or AMX)."""
+    """Whether OpenVINO's CPU plugin runs bfloat16 natively here (avx512_bf16 or AMX); asked once
+    per process."""
     try:
         import openvino as ov
     except ImportError:
@@ -508,17 +512,19 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
         raise ValueError(f"Unknown runtime {runtime!r}; use one of {ONNX_RUNTIMES}")
     if precision not in PRECISIONS:
         raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
+    if (
+        runtime == "openvino"
+        and not explicit_runtime
+        and importlib.util.find_spec("openvino") is None
+    ):
+        logger.warning(f"{path} records OpenVINO, which is not installed: using onnxruntime")
+        runtime, precision = "onnxruntime", "fp32"
     if runtime == "openvino":
         if precision == "bf16" and not explicit_precision and not bf16_supported():
             logger.warning(f"{path} records bf16 but this CPU has no bf16: running fp32")
             precision = "fp32"
-        try:
-            return OpenVINOSession(path, threads, precision)
-        except ImportError:
-            if explicit_runtime:
-                raise
-            logger.warning(f"{path} records OpenVINO, which is not installed: using onnxruntime")
-    elif precision == "bf16":
+        return OpenVINOSession(path, threads, precision)
+    if precision == "bf16":
         raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino'")
     if level == "auto":
         timings = time_ort_levels(path, threads)
