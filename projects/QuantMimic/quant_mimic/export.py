@@ -11,6 +11,7 @@ ONNX / TorchScript contract (README, "Deploy"):
   and post-processing (score threshold, NMS, ``TEST.DETECTIONS_PER_IMAGE``).
 """
 
+import contextlib
 import copy
 import functools
 import importlib
@@ -30,6 +31,7 @@ from detectron2.export.torchscript_patch import patch_builtin_len
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
 from detectron2.modeling import GeneralizedRCNN
 
+from .lean_postprocess import lean_postprocess
 from .space_to_depth import rewrite_vgg_first_block
 
 __all__ = [
@@ -184,13 +186,20 @@ def export_torchscript(module: StudentInference, example: torch.Tensor, path: st
     return path
 
 
-def export_onnx(module: StudentInference, example: torch.Tensor, path: str) -> str:
+def export_onnx(
+    module: StudentInference, example: torch.Tensor, path: str, lean: bool = True
+) -> str:
     """Export ``module`` to ONNX (TorchScript-based exporter, opset :data:`ONNX_OPSET`) with
-    dynamic height and width, inputs/outputs named by the contract; check the file with onnx."""
+    dynamic height and width, inputs/outputs named by the contract; check the file with onnx.
+
+    ``lean``: trace the post-processing in its exact runtime-friendly form
+    (:func:`~quant_mimic.lean_postprocess.lean_postprocess`: NMS that stops at the kept top-k,
+    coordinate-major box decoding); False exports detectron2's graph as it is (for comparison)."""
     import onnx
 
     tmp = path + ".tmp"
-    with torch.no_grad(), _traceable_len():
+    lean_context = lean_postprocess(module.model) if lean else contextlib.nullcontext()
+    with torch.no_grad(), _traceable_len(), lean_context:
         torch.onnx.export(
             module,
             (example,),
