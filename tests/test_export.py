@@ -20,6 +20,7 @@ from quant_mimic.export import (
     export_onnx,
     export_torchscript,
     fold_batchnorm,
+    nchwc_thresholds,
     onnx_session,
     parity_report,
     session_options,
@@ -151,11 +152,27 @@ class TestOnnxRuntimeLevel(unittest.TestCase):
             self.assertEqual(level(onnx_session(path, 1)), "ORT_ENABLE_ALL")  # untuned default
             tuned = tune_onnx(path, 1, image.numpy(), runs=2)
             self.assertEqual(set(tuned["timings_ms"]), set(ORT_LEVELS))
-            self.assertEqual(tuned["level"], min(tuned["timings_ms"], key=tuned["timings_ms"].get))
+            self.assertEqual(list(tuned["nchwc_timings_ms"]), nchwc_thresholds(path))
+            best = min(tuned["timings_ms"].values())
+            if tuned["nchwc_min_channels"]:  # the fastest is ALL with NCHWc for wide convs only
+                c = tuned["nchwc_min_channels"]
+                self.assertEqual(tuned["level"], "ORT_ENABLE_ALL")
+                self.assertEqual(
+                    c, min(tuned["nchwc_timings_ms"], key=tuned["nchwc_timings_ms"].get)
+                )
+                self.assertLess(tuned["nchwc_timings_ms"][c], best)
+            else:
+                self.assertEqual(tuned["timings_ms"][tuned["level"]], best)
             props = {p.key: p.value for p in onnx.load(path).metadata_props}
             self.assertEqual(props["quant_mimic.ort_graph_optimization_level"], tuned["level"])
+            self.assertEqual(
+                props["quant_mimic.ort_nchwc_min_channels"], str(tuned["nchwc_min_channels"])
+            )
             session = onnx_session(path, 1)  # a plain load gets the recorded level
             self.assertEqual(level(session), tuned["level"])
+            self.assertEqual(
+                session_options(session)["nchwc_min_channels"], tuned["nchwc_min_channels"]
+            )
             self.assertEqual(level(onnx_session(path, 1, "ORT_ENABLE_BASIC")), "ORT_ENABLE_BASIC")
             self.assertIn(level(onnx_session(path, 1, "auto")), ORT_LEVELS)
             with self.assertRaisesRegex(ValueError, "Unknown onnxruntime graph optimisation"):
@@ -165,6 +182,58 @@ class TestOnnxRuntimeLevel(unittest.TestCase):
             with torch.no_grad():
                 ref = module(image)
             self.assertTrue(compare_detections(ref, (boxes, scores, classes))["ok"])
+
+
+class TestNCHWcWidths(unittest.TestCase):
+    def test_only_wide_convolutions_change_layout_and_outputs_do_not(self):
+        import numpy as np
+        import onnx
+
+        from quant_mimic.export import _conv_widths, _session
+
+        cfg = get_config(RFCN)
+        module = StudentInference(_randomise_bn(build_model_no_weights(cfg)))
+        images = example_images(cfg, sizes=SIZES)
+        with tempfile.TemporaryDirectory() as d:
+            path = export_onnx(module, images[0], os.path.join(d, "m.onnx"))
+            widths = sorted(set(_conv_widths(onnx.load(path)).values()))
+            self.assertEqual(nchwc_thresholds(path), widths[1:] + [widths[-1] + 1])
+            c = widths[2]
+            session = _session(path, 1, "ORT_ENABLE_ALL", c)
+            self.assertEqual([i.name for i in session.get_inputs()], ["image"])
+            self.assertEqual(session_options(session)["nchwc_min_channels"], c)
+            plain = _session(path, 1, "ORT_ENABLE_ALL")
+            for x in images:
+                got = session.run(None, {"image": x.numpy()})
+                for a, b in zip(got, plain.run(None, {"image": x.numpy()})):
+                    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+                with torch.no_grad():
+                    self.assertTrue(compare_detections(module(x), got)["ok"])
+            # which convolutions went to NCHWc: exactly those at least c channels wide
+            import onnxruntime as ort
+
+            optimized = os.path.join(d, "opt.onnx")
+            options = ort.SessionOptions()
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.optimized_model_filepath = optimized
+            options.log_severity_level = 3
+            model = onnx.load(path)
+            narrow = [n for n, w in _conv_widths(model).items() if w < c]
+            for name in narrow:
+                t = next(t for t in model.graph.initializer if t.name == name)
+                model.graph.input.append(
+                    onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+                )
+            ort.InferenceSession(
+                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+            )
+            nodes = onnx.load(optimized).graph.node
+            nchwc = [n for n in nodes if n.domain == "com.microsoft.nchwc" and n.op_type == "Conv"]
+            self.assertGreater(len(nchwc), 0)
+            self.assertFalse(any(set(n.input) & set(narrow) for n in nchwc))
+            self.assertEqual(
+                _session(path, 1, "ORT_ENABLE_EXTENDED", c).quant_mimic_nchwc_min_channels, 0
+            )
 
 
 def _has_openvino() -> bool:

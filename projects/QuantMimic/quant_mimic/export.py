@@ -44,6 +44,8 @@ __all__ = [
     "ExportedDetector",
     "bf16_supported",
     "time_ort_levels",
+    "time_ort_nchwc",
+    "nchwc_thresholds",
     "tune_onnx",
     "ORT_LEVELS",
     "ONNX_RUNTIMES",
@@ -267,6 +269,7 @@ def session_options(session) -> Dict:
     return {
         "runtime": "onnxruntime",
         "graph_optimization_level": str(o.graph_optimization_level).split(".")[-1],
+        "nchwc_min_channels": getattr(session, "quant_mimic_nchwc_min_channels", 0),
         "intra_op_num_threads": o.intra_op_num_threads,
         "inter_op_num_threads": o.inter_op_num_threads,
         "execution_mode": str(o.execution_mode).split(".")[-1],
@@ -279,6 +282,7 @@ PRECISIONS = ("fp32", "bf16")  # bf16: OpenVINO only, lossy (AP cost in docs/SPE
 # ONNX metadata written by tune_onnx
 ORT_LEVEL_KEY = "quant_mimic.ort_graph_optimization_level"
 ORT_TUNED_ON_KEY = "quant_mimic.ort_tuned_on"
+NCHWC_MIN_KEY = "quant_mimic.ort_nchwc_min_channels"  # with level ORT_ENABLE_ALL; 0: ORT's choice
 RUNTIME_KEY = "quant_mimic.runtime"
 PRECISION_KEY = "quant_mimic.precision"
 
@@ -299,7 +303,35 @@ def _example_input(path: str, height: int = 576, width: int = 1024) -> np.ndarra
     return (np.random.RandomState(0).rand(channels, height, width) * 255).astype(np.float32)
 
 
-def _session(path: str, threads: int, level: str):
+def _conv_widths(model) -> Dict[str, int]:
+    """Output channels of every main-graph Conv with a constant weight, by weight name."""
+    inits = {t.name: t for t in model.graph.initializer}
+    return {
+        n.input[1]: int(inits[n.input[1]].dims[0])
+        for n in model.graph.node
+        if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in inits
+    }
+
+
+def nchwc_thresholds(path: str) -> List[int]:
+    """
+    The values of ``nchwc_min_channels`` worth timing for the file (:func:`time_ort_nchwc`): each
+    convolution width but the narrowest, and one more than the widest (no convolution in NCHWc).
+    """
+    import onnx
+
+    widths = sorted(set(_conv_widths(onnx.load(path, load_external_data=False)).values()))
+    return widths[1:] + [widths[-1] + 1] if widths else []
+
+
+def _session(path: str, threads: int, level: str, nchwc_min_channels: int = 0):
+    """
+    An onnxruntime CPU session at ``level``. With ORT_ENABLE_ALL and ``nchwc_min_channels`` > 0,
+    only convolutions with at least that many output channels go to the NCHWc layout:
+    onnxruntime's NCHWc transformer converts a convolution only if its weight is a constant, so
+    the narrower ones' weights are listed as (overridable) graph inputs of the in-memory model.
+    The file is not changed; the session's only input is still ``image``.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -307,7 +339,24 @@ def _session(path: str, threads: int, level: str):
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    source = path
+    nchwc_min_channels = int(nchwc_min_channels) if level == "ORT_ENABLE_ALL" else 0
+    if nchwc_min_channels > 0:
+        import onnx
+
+        model = onnx.load(path)
+        inits = {t.name: t for t in model.graph.initializer}
+        for name, width in _conv_widths(model).items():
+            if width < nchwc_min_channels:
+                t = inits[name]
+                model.graph.input.append(
+                    onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+                )
+        options.log_severity_level = 3  # it warns that those weights are not constants: the point
+        source = model.SerializeToString()
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    session.quant_mimic_nchwc_min_channels = nchwc_min_channels  # for session_options
+    return session
 
 
 @functools.lru_cache(maxsize=None)
@@ -410,6 +459,24 @@ def time_ort_levels(
     return out
 
 
+def time_ort_nchwc(
+    path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
+) -> Dict[int, float]:
+    """
+    Median ms of one inference at ORT_ENABLE_ALL with NCHWc only for convolutions at least
+    ``c`` channels wide (:func:`_session`), for each ``c`` of :func:`nchwc_thresholds`. On
+    VGG-1-32, NCHWc costs more than it saves on the 2- and 4-channel full-resolution layers and
+    saves on the wider ones (docs/SPEED.md): where the layout pays is measured, per host.
+    """
+    x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
+    out = {}
+    for c in nchwc_thresholds(path):
+        session = _session(path, threads, "ORT_ENABLE_ALL", c)
+        out[c] = round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
+        session = None
+    return out
+
+
 def time_openvino(
     path: str,
     threads: int = 0,
@@ -433,8 +500,10 @@ def tune_onnx(
     precision: str = "fp32",
 ) -> Dict:
     """
-    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`) and record
-    the fastest in the file's metadata (``quant_mimic.ort_graph_optimization_level``, with the host
+    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`), and
+    ORT_ENABLE_ALL with NCHWc only for convolutions at least c channels wide
+    (:func:`time_ort_nchwc`), and record the fastest in the file's metadata
+    (``quant_mimic.ort_graph_optimization_level``, ``quant_mimic.ort_nchwc_min_channels``; the host
     and timings in ``quant_mimic.ort_tuned_on``), so that :func:`onnx_session` applies it on a plain
     load. Also records the runtime a plain load uses (``quant_mimic.runtime``) and its precision
     (``quant_mimic.precision``):
@@ -444,7 +513,8 @@ def tune_onnx(
     * ``precision="bf16"`` (OpenVINO only, lossy; the caller's choice, never made by timing).
 
     Returns:
-        dict: ``level``, ``timings_ms`` (per onnxruntime level), ``runtime``, ``precision``,
+        dict: ``level`` and ``nchwc_min_channels`` (0: onnxruntime's own choice), ``timings_ms``
+        (per onnxruntime level), ``nchwc_timings_ms`` (per c), ``runtime``, ``precision``,
         ``openvino_ms`` (None when not timed), ``host``.
     """
     import json
@@ -459,21 +529,32 @@ def tune_onnx(
         raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino' or 'auto'")
     timings = time_ort_levels(path, threads, example, runs)
     level = min(timings, key=timings.get)
+    best_ms, nchwc_min = timings[level], 0
+    nchwc_timings = time_ort_nchwc(path, threads, example, runs)
+    if nchwc_timings and min(nchwc_timings.values()) < best_ms:
+        level, nchwc_min = "ORT_ENABLE_ALL", min(nchwc_timings, key=nchwc_timings.get)
+        best_ms = nchwc_timings[nchwc_min]
     openvino_ms = None
     if runtime != "onnxruntime":
         openvino_ms = time_openvino(path, threads, example, runs, precision=precision)
     if runtime == "auto":
-        runtime = "openvino" if openvino_ms < timings[level] else "onnxruntime"
+        runtime = "openvino" if openvino_ms < best_ms else "onnxruntime"
     if runtime == "onnxruntime":
         precision = "fp32"
     host = host_info()
     tuned_on = {k: host[k] for k in ("cpu", "isa", "bf16", "onnxruntime", "openvino")}
-    tuned_on.update(threads=threads, timings_ms=timings, openvino_ms=openvino_ms)
+    tuned_on.update(
+        threads=threads,
+        timings_ms=timings,
+        nchwc_timings_ms=nchwc_timings,
+        openvino_ms=openvino_ms,
+    )
     model = onnx.load(path)
     props = {p.key: p.value for p in model.metadata_props}
     props.update(
         {
             ORT_LEVEL_KEY: level,
+            NCHWC_MIN_KEY: str(nchwc_min),
             ORT_TUNED_ON_KEY: json.dumps(tuned_on),
             RUNTIME_KEY: runtime,
             PRECISION_KEY: precision,
@@ -485,7 +566,9 @@ def tune_onnx(
     os.replace(tmp, path)
     return {
         "level": level,
+        "nchwc_min_channels": nchwc_min,
         "timings_ms": timings,
+        "nchwc_timings_ms": nchwc_timings,
         "runtime": runtime,
         "precision": precision,
         "openvino_ms": openvino_ms,
@@ -501,8 +584,9 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
 
     Args:
         level: onnxruntime graph optimisation level, one of :data:`ORT_LEVELS` or "auto" (timed
-            now on this host; implies onnxruntime); default: the recorded one, else
-            ORT_ENABLE_ALL.
+            now on this host, with the NCHWc widths of :func:`time_ort_nchwc`; implies
+            onnxruntime); default: the recorded one with its ``nchwc_min_channels``, else
+            ORT_ENABLE_ALL. An explicit level runs as onnxruntime sets it.
         runtime: "onnxruntime" or "openvino" (:class:`OpenVINOSession`); default: the recorded
             one, else onnxruntime. A recorded OpenVINO choice falls back to onnxruntime, with a
             warning, where openvino is not installed.
@@ -535,16 +619,21 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
         return OpenVINOSession(path, threads, precision)
     if precision == "bf16":
         raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino'")
+    nchwc_min = 0
     if level == "auto":
         timings = time_ort_levels(path, threads)
         level = min(timings, key=timings.get)
+        nchwc_timings = time_ort_nchwc(path, threads)
+        if nchwc_timings and min(nchwc_timings.values()) < timings[level]:
+            level, nchwc_min = "ORT_ENABLE_ALL", min(nchwc_timings, key=nchwc_timings.get)
     if not level:
         level = meta.get(ORT_LEVEL_KEY, "ORT_ENABLE_ALL")
+        nchwc_min = int(meta.get(NCHWC_MIN_KEY, "0") or 0)
     if level not in ORT_LEVELS:
         raise ValueError(
             f"Unknown onnxruntime graph optimisation level {level!r}; use {ORT_LEVELS}"
         )
-    return _session(path, threads, level)
+    return _session(path, threads, level, nchwc_min)
 
 
 class ExportedDetector(nn.Module):
