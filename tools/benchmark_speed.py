@@ -174,6 +174,7 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
                 # as tools/export_student.py does: the fastest level, recorded in the file
                 tuned = tune_onnx(onnx_path, args.threads, img.cpu().numpy())
                 row_extra["ort_level_timings_ms"] = tuned["timings_ms"]
+                row_extra["ort_nchwc_timings_ms"] = tuned["nchwc_timings_ms"]
                 session = onnx_session(onnx_path, args.threads)
             else:
                 try:

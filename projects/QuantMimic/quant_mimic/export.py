@@ -45,6 +45,7 @@ __all__ = [
     "bf16_supported",
     "time_ort_levels",
     "time_ort_nchwc",
+    "time_ort_options",
     "nchwc_thresholds",
     "tune_onnx",
     "ORT_LEVELS",
@@ -443,20 +444,37 @@ class OpenVINOSession:
         }
 
 
+def _time_round_robin(sessions: Dict, x: np.ndarray, runs: int, warmup: int) -> Dict:
+    """
+    Median ms of ``session.run`` on ``x`` for each session, timed in alternating rounds (one
+    untimed call, then up to three timed ones, per session and round) so that a slow spell of a
+    shared host falls on every candidate alike; the untimed call lets the previous session's
+    spinning threads settle.
+    """
+    feed = {"image": x}
+    for session in sessions.values():
+        for _ in range(warmup):
+            session.run(None, feed)
+    times = {key: [] for key in sessions}
+    while any(len(t) < runs for t in times.values()):
+        for key, session in sessions.items():
+            session.run(None, feed)
+            for _ in range(min(3, runs - len(times[key]))):
+                start = time.perf_counter()
+                session.run(None, feed)
+                times[key].append(1000 * (time.perf_counter() - start))
+    return {key: round(statistics.median(t), 3) for key, t in times.items()}
+
+
 def time_ort_levels(
     path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
 ) -> Dict[str, float]:
-    """Median ms of one inference of the ONNX file at each graph optimisation level, on this host.
-    onnxruntime's layout optimisations (ORT_ENABLE_ALL: NCHWc reorders) can cost more than they save
-    on 2- to 16-channel convolutions, by CPU (docs/SPEED.md): the best level is measured, not set.
+    """Median ms of one inference of the ONNX file at each graph optimisation level, on this host
+    (:func:`_time_round_robin`). onnxruntime's layout optimisations (ORT_ENABLE_ALL: NCHWc
+    reorders) can cost more than they save on 2- to 16-channel convolutions, by CPU
+    (docs/SPEED.md): the best level is measured, not set.
     """
-    x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
-    out = {}
-    for level in ORT_LEVELS:
-        session = _session(path, threads, level)
-        out[level] = round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
-        session = None  # its threads end before the next one is timed
-    return out
+    return time_ort_options(path, threads, example, runs, warmup, nchwc=False)[0]
 
 
 def time_ort_nchwc(
@@ -468,13 +486,38 @@ def time_ort_nchwc(
     VGG-1-32, NCHWc costs more than it saves on the 2- and 4-channel full-resolution layers and
     saves on the wider ones (docs/SPEED.md): where the layout pays is measured, per host.
     """
+    return time_ort_options(path, threads, example, runs, warmup, levels=False)[1]
+
+
+def time_ort_options(
+    path: str,
+    threads: int = 0,
+    example: np.ndarray = None,
+    runs: int = 10,
+    warmup: int = 2,
+    levels: bool = True,
+    nchwc: bool = True,
+) -> Tuple[Dict[str, float], Dict[int, float]]:
+    """:func:`time_ort_levels` and :func:`time_ort_nchwc` in one :func:`_time_round_robin`."""
     x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
-    out = {}
-    for c in nchwc_thresholds(path):
-        session = _session(path, threads, "ORT_ENABLE_ALL", c)
-        out[c] = round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
-        session = None
-    return out
+    sessions = {}
+    for level in ORT_LEVELS if levels else ():
+        sessions[level] = _session(path, threads, level)
+    for c in nchwc_thresholds(path) if nchwc else ():
+        sessions[c] = _session(path, threads, "ORT_ENABLE_ALL", c)
+    timings = _time_round_robin(sessions, x, runs, warmup)
+    sessions = None  # their threads end before anything else is timed
+    by_level = {k: v for k, v in timings.items() if isinstance(k, str)}
+    return by_level, {k: v for k, v in timings.items() if not isinstance(k, str)}
+
+
+def _best_ort_options(timings: Dict[str, float], nchwc_timings: Dict[int, float]):
+    """(level, nchwc_min_channels, ms) of the fastest timed onnxruntime options."""
+    level = min(timings, key=timings.get)
+    if nchwc_timings and min(nchwc_timings.values()) < timings[level]:
+        c = min(nchwc_timings, key=nchwc_timings.get)
+        return "ORT_ENABLE_ALL", c, nchwc_timings[c]
+    return level, 0, timings[level]
 
 
 def time_openvino(
@@ -500,12 +543,12 @@ def tune_onnx(
     precision: str = "fp32",
 ) -> Dict:
     """
-    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`), and
+    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`) and
     ORT_ENABLE_ALL with NCHWc only for convolutions at least c channels wide
-    (:func:`time_ort_nchwc`), and record the fastest in the file's metadata
-    (``quant_mimic.ort_graph_optimization_level``, ``quant_mimic.ort_nchwc_min_channels``; the host
-    and timings in ``quant_mimic.ort_tuned_on``), so that :func:`onnx_session` applies it on a plain
-    load. Also records the runtime a plain load uses (``quant_mimic.runtime``) and its precision
+    (:func:`time_ort_nchwc`), side by side (:func:`time_ort_options`). Record the fastest in the
+    file's metadata (``quant_mimic.ort_graph_optimization_level``,
+    ``quant_mimic.ort_nchwc_min_channels``; the host and timings in ``quant_mimic.ort_tuned_on``),
+    so that :func:`onnx_session` applies it on a plain load. Also records the runtime a plain load uses (``quant_mimic.runtime``) and its precision
     (``quant_mimic.precision``):
 
     * ``runtime="onnxruntime"`` (default), "openvino", or "auto": OpenVINO is timed too
@@ -527,13 +570,8 @@ def tune_onnx(
         raise ValueError(f"Unknown precision {precision!r}; use one of {PRECISIONS}")
     if precision == "bf16" and runtime == "onnxruntime":
         raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino' or 'auto'")
-    timings = time_ort_levels(path, threads, example, runs)
-    level = min(timings, key=timings.get)
-    best_ms, nchwc_min = timings[level], 0
-    nchwc_timings = time_ort_nchwc(path, threads, example, runs)
-    if nchwc_timings and min(nchwc_timings.values()) < best_ms:
-        level, nchwc_min = "ORT_ENABLE_ALL", min(nchwc_timings, key=nchwc_timings.get)
-        best_ms = nchwc_timings[nchwc_min]
+    timings, nchwc_timings = time_ort_options(path, threads, example, runs)
+    level, nchwc_min, best_ms = _best_ort_options(timings, nchwc_timings)
     openvino_ms = None
     if runtime != "onnxruntime":
         openvino_ms = time_openvino(path, threads, example, runs, precision=precision)
@@ -621,11 +659,7 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
         raise ValueError("precision 'bf16' runs in OpenVINO: use runtime 'openvino'")
     nchwc_min = 0
     if level == "auto":
-        timings = time_ort_levels(path, threads)
-        level = min(timings, key=timings.get)
-        nchwc_timings = time_ort_nchwc(path, threads)
-        if nchwc_timings and min(nchwc_timings.values()) < timings[level]:
-            level, nchwc_min = "ORT_ENABLE_ALL", min(nchwc_timings, key=nchwc_timings.get)
+        level, nchwc_min, _ = _best_ort_options(*time_ort_options(path, threads))
     if not level:
         level = meta.get(ORT_LEVEL_KEY, "ORT_ENABLE_ALL")
         nchwc_min = int(meta.get(NCHWC_MIN_KEY, "0") or 0)
