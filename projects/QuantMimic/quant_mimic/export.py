@@ -548,8 +548,8 @@ def tune_onnx(
     (:func:`time_ort_nchwc`), side by side (:func:`time_ort_options`). Record the fastest in the
     file's metadata (``quant_mimic.ort_graph_optimization_level``,
     ``quant_mimic.ort_nchwc_min_channels``; the host and timings in ``quant_mimic.ort_tuned_on``),
-    so that :func:`onnx_session` applies it on a plain load. Also records the runtime a plain load uses (``quant_mimic.runtime``) and its precision
-    (``quant_mimic.precision``):
+    so that :func:`onnx_session` applies it on a plain load. Also records the runtime a plain load
+    uses (``quant_mimic.runtime``) and its precision (``quant_mimic.precision``):
 
     * ``runtime="onnxruntime"`` (default), "openvino", or "auto": OpenVINO is timed too
       (:func:`time_openvino` at ``precision``) and the faster of the two is recorded;
