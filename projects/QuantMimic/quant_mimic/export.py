@@ -444,25 +444,26 @@ class OpenVINOSession:
         }
 
 
-def _time_round_robin(sessions: Dict, x: np.ndarray, runs: int, warmup: int) -> Dict:
+def _time_round_robin(makers: Dict, x: np.ndarray, runs: int, warmup: int) -> Dict:
     """
-    Median ms of ``session.run`` on ``x`` for each session, timed in alternating rounds (one
-    untimed call, then up to three timed ones, per session and round) so that a slow spell of a
-    shared host falls on every candidate alike; the untimed call lets the previous session's
-    spinning threads settle.
+    Median ms of ``session.run`` on ``x`` for the session each of ``makers`` builds, timed in
+    alternating rounds (per round and candidate: build the session, ``warmup`` untimed calls, up to
+    three timed ones, close it), so that a slow spell of a shared host falls on every candidate
+    alike. One session lives at a time: an idle onnxruntime session's spinning threads would slow
+    the one being timed.
     """
     feed = {"image": x}
-    for session in sessions.values():
-        for _ in range(warmup):
-            session.run(None, feed)
-    times = {key: [] for key in sessions}
+    times = {key: [] for key in makers}
     while any(len(t) < runs for t in times.values()):
-        for key, session in sessions.items():
-            session.run(None, feed)
+        for key, make in makers.items():
+            session = make()
+            for _ in range(max(warmup, 1)):
+                session.run(None, feed)
             for _ in range(min(3, runs - len(times[key]))):
                 start = time.perf_counter()
                 session.run(None, feed)
                 times[key].append(1000 * (time.perf_counter() - start))
+            session = None  # its threads end before the next one is timed
     return {key: round(statistics.median(t), 3) for key, t in times.items()}
 
 
@@ -500,13 +501,12 @@ def time_ort_options(
 ) -> Tuple[Dict[str, float], Dict[int, float]]:
     """:func:`time_ort_levels` and :func:`time_ort_nchwc` in one :func:`_time_round_robin`."""
     x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
-    sessions = {}
+    makers = {}
     for level in ORT_LEVELS if levels else ():
-        sessions[level] = _session(path, threads, level)
+        makers[level] = functools.partial(_session, path, threads, level)
     for c in nchwc_thresholds(path) if nchwc else ():
-        sessions[c] = _session(path, threads, "ORT_ENABLE_ALL", c)
-    timings = _time_round_robin(sessions, x, runs, warmup)
-    sessions = None  # their threads end before anything else is timed
+        makers[c] = functools.partial(_session, path, threads, "ORT_ENABLE_ALL", c)
+    timings = _time_round_robin(makers, x, runs, warmup)
     by_level = {k: v for k, v in timings.items() if isinstance(k, str)}
     return by_level, {k: v for k, v in timings.items() if not isinstance(k, str)}
 
