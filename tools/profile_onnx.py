@@ -6,9 +6,11 @@ performance counters on the same ONNX file (docs/SPEED.md, "Profile").
         [--runs 20] [--json results/profile_cpu.json]
 
 The model is one of ``tools/benchmark_speed.py``'s (random weights, BN folded, 576×1024 input).
-Runtimes: onnxruntime at ORT_ENABLE_EXTENDED and ORT_ENABLE_ALL, OpenVINO fp32 and (where the CPU
-has it) bf16. Per runtime: the summed kernel time per image, the time per operator type and the
-slowest nodes (profilers add overhead: compare shares, and wall times from benchmark_speed.py).
+Runtimes: onnxruntime on the file exported with detectron2's own post-processing graph
+(``export_onnx(..., lean=False)``, "before"), then on the default (lean) export at
+ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL and the options ``tune_onnx`` picks on this host (a level, or
+ALL with NCHWc only from c channels), OpenVINO fp32 and (where the CPU has it) bf16. Per runtime:
+the summed kernel time per image, the time per operator type and the slowest nodes (profilers add overhead: compare shares, and wall times from benchmark_speed.py).
 """
 
 import argparse
@@ -33,16 +35,18 @@ def _summary(per_type, per_node, runs: int, top: int) -> dict:
     }
 
 
-def profile_ort(path: str, x: np.ndarray, threads: int, level: str, runs: int, top: int) -> dict:
+def profile_ort(
+    path: str, x: np.ndarray, threads: int, level: str, runs: int, top: int, nchwc_min: int = 0
+) -> dict:
     import onnxruntime as ort
+
+    from quant_mimic.export import _session
 
     with tempfile.TemporaryDirectory() as d:
         options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(d, "ort")
-        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = _session(path, threads, level, nchwc_min, options)
         for _ in range(runs + 3):  # the first 3 are warm-up, left out below
             session.run(None, {"image": x})
         session.end_profiling()
@@ -100,7 +104,14 @@ def main(argv=None):
     from detectron2.modeling import build_model
 
     from quant_mimic import get_config
-    from quant_mimic.export import StudentInference, bf16_supported, export_onnx, host_info
+    from quant_mimic.export import (
+        StudentInference,
+        _best_ort_options,
+        bf16_supported,
+        export_onnx,
+        host_info,
+        time_ort_options,
+    )
 
     if args.model not in MODELS:
         parser.error(f"--model must be one of {list(MODELS)}")
@@ -112,11 +123,22 @@ def main(argv=None):
     x = (np.random.RandomState(0).rand(channels, args.height, args.width) * 255).astype(np.float32)
     out = {"model": args.model, "input": f"{args.height}x{args.width}", "threads": args.threads}
     with tempfile.TemporaryDirectory() as d:
+        plain = export_onnx(module, torch.from_numpy(x), os.path.join(d, "plain.onnx"), lean=False)
+        out["before: detectron2's post-processing graph, onnxruntime ORT_ENABLE_EXTENDED"] = (
+            profile_ort(plain, x, args.threads, "ORT_ENABLE_EXTENDED", args.runs, args.top)
+        )
         path = export_onnx(module, torch.from_numpy(x), os.path.join(d, "m.onnx"))
         for level in ("ORT_ENABLE_EXTENDED", "ORT_ENABLE_ALL"):
             out[f"onnxruntime {level}"] = profile_ort(
                 path, x, args.threads, level, args.runs, args.top
             )
+        # the options tune_onnx would record on this host (timed side by side)
+        level, c, _ = _best_ort_options(*time_ort_options(path, args.threads, x, runs=10))
+        out["onnxruntime tuned"] = dict(
+            profile_ort(path, x, args.threads, level, args.runs, args.top, c),
+            level=level,
+            nchwc_min_channels=c,
+        )
         precisions = ("fp32", "bf16") if bf16_supported() else ("fp32",)
         for precision in precisions:
             out[f"openvino {precision}"] = profile_openvino(

@@ -325,17 +325,18 @@ def nchwc_thresholds(path: str) -> List[int]:
     return widths[1:] + [widths[-1] + 1] if widths else []
 
 
-def _session(path: str, threads: int, level: str, nchwc_min_channels: int = 0):
+def _session(path: str, threads: int, level: str, nchwc_min_channels: int = 0, options=None):
     """
     An onnxruntime CPU session at ``level``. With ORT_ENABLE_ALL and ``nchwc_min_channels`` > 0,
     only convolutions with at least that many output channels go to the NCHWc layout:
     onnxruntime's NCHWc transformer converts a convolution only if its weight is a constant, so
     the narrower ones' weights are listed as (overridable) graph inputs of the in-memory model.
-    The file is not changed; the session's only input is still ``image``.
+    The file is not changed; the session's only input is still ``image``. ``options``: an
+    ``ort.SessionOptions`` to start from (e.g. with profiling on).
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
