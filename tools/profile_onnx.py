@@ -10,7 +10,8 @@ Runtimes: onnxruntime on the file exported with detectron2's own post-processing
 (``export_onnx(..., lean=False)``, "before"), then on the default (lean) export at
 ORT_ENABLE_EXTENDED, ORT_ENABLE_ALL and the options ``tune_onnx`` picks on this host (a level, or
 ALL with NCHWc only from c channels), OpenVINO fp32 and (where the CPU has it) bf16. Per runtime:
-the summed kernel time per image, the time per operator type and the slowest nodes (profilers add overhead: compare shares, and wall times from benchmark_speed.py).
+the summed kernel time per image, the time per operator type and the slowest nodes (profilers add
+overhead: compare shares, and wall times from benchmark_speed.py).
 """
 
 import argparse
