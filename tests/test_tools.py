@@ -57,7 +57,7 @@ class TestTools(unittest.TestCase):
             tool = os.path.join(REPO_ROOT, "tools", "benchmark_speed.py")
             cmd = [sys.executable, tool, "--device", "cpu", "--runs", "1", "--warmup", "0"]
             cmd += ["--height", "96", "--width", "128", "--json", out, "--peer", "--threads", "1"]
-            cmd += ["--models", "VGG-1-32 R-FCN"]
+            cmd += ["--models", "VGG-1-32 R-FCN", "--plain"]
             proc = subprocess.run(cmd, capture_output=True, cwd=d)  # from another directory
             self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
             with open(out) as f:
@@ -65,7 +65,9 @@ class TestTools(unittest.TestCase):
         fields = ("model", "runtime", "threads", "input", "detector_ms", "params_M", "size_MB",
                   "gmacs", "speedup_vs_peer")  # fmt: skip
         self.assertEqual([r["runtime"] for r in rows], ["pytorch", "torchscript", "onnxruntime",
-                                                        "pytorch"])  # fmt: skip
+                                                        "onnxruntime-plain", "pytorch"])  # fmt: skip
+        # --plain: detectron2's own post-processing graph, tuned the same way, same contract
+        self.assertIn("nchwc_min_channels", rows[3]["session"])
         for r in rows:
             for k in fields:
                 self.assertIn(k, r)

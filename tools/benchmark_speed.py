@@ -13,15 +13,19 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
   its CPU convolution backend (oneDNN or native) chosen by timing (``autotune_conv_backend``);
 * ``torchscript``: the same module traced and frozen (``tools/export_student.py --format
   torchscript``);
-* ``onnxruntime``: the same module exported to ONNX (``--format onnx``), its graph optimisation
-  level chosen by timing on this host and recorded in the file as the export tool does
-  (``tune_onnx``; the per-level times are in the row), onnxruntime CPU session with ``--threads``
-  intra-op threads (CPU only);
+* ``onnxruntime``: the same module exported to ONNX (``--format onnx``; its post-processing in
+  the exact lean form of :mod:`quant_mimic.lean_postprocess`), its options (graph optimisation
+  level, or ORT_ENABLE_ALL with NCHWc only for convolutions from c channels) chosen by timing on
+  this host and recorded in the file as the export tool does (``tune_onnx``; the timings are in
+  the row), onnxruntime CPU session with ``--threads`` intra-op threads (CPU only);
 * ``openvino`` (``--openvino`` or ``--runtime openvino``): the same ONNX file in OpenVINO's CPU
   runtime (``onnx_session(path, threads, runtime="openvino")``: compiled for the input's shape,
   fp32, exact);
 * ``openvino-bf16``: the same, bfloat16 inference (``precision="bf16"``; lossy, AP cost from
-  ``tools/eval_exported.py``); skipped on CPUs without avx512_bf16 or AMX.
+  ``tools/eval_exported.py``); skipped on CPUs without avx512_bf16 or AMX;
+* ``onnxruntime-plain`` (``--plain``): onnxruntime on the file exported with detectron2's own
+  post-processing graph (``export_onnx(..., lean=False)``), tuned the same way: the "before" of
+  :mod:`quant_mimic.lean_postprocess`, side by side.
 
 Every row records its host (``cpu`` model, ``isa``: which of avx2 / avx512f / avx512_vnni /
 amx_tile, ``bf16``: native bfloat16 or not, ``torch``, ``onnxruntime`` and ``openvino`` versions,
@@ -79,6 +83,8 @@ MODELS["ResNet18-1-16 Faster R-CNN, RPN test 1000/100"] = (
 STUDENTS = tuple(m for m in MODELS if "-1-32" in m or "-1-16" in m)
 RUNTIMES = ("pytorch", "torchscript", "onnxruntime")  # --runtime all
 OPENVINO_RUNTIMES = ("openvino", "openvino-bf16")  # --openvino
+# --plain: the file exported with detectron2's own post-processing graph (export_onnx(lean=False))
+PLAIN_RUNTIME = "onnxruntime-plain"
 PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
@@ -171,11 +177,15 @@ def measure_model(name, args, image, tmp) -> List[Dict]:
                 onnx_path = export_onnx(module, img.cpu(), os.path.join(tmp, "m.onnx"))
             engine, _, precision = runtime.partition("-")
             if engine == "onnxruntime":
-                # as tools/export_student.py does: the fastest level, recorded in the file
-                tuned = tune_onnx(onnx_path, args.threads, img.cpu().numpy())
+                path = onnx_path
+                if runtime == PLAIN_RUNTIME:
+                    path = os.path.join(tmp, "plain.onnx")
+                    export_onnx(module, img.cpu(), path, lean=False)
+                # as tools/export_student.py does: the fastest options, recorded in the file
+                tuned = tune_onnx(path, args.threads, img.cpu().numpy())
                 row_extra["ort_level_timings_ms"] = tuned["timings_ms"]
                 row_extra["ort_nchwc_timings_ms"] = tuned["nchwc_timings_ms"]
-                session = onnx_session(onnx_path, args.threads)
+                session = onnx_session(path, args.threads)
             else:
                 try:
                     session = onnx_session(
@@ -247,6 +257,12 @@ def main(argv=None) -> List[Dict]:
         "--openvino", action="store_true", help=f"also time {OPENVINO_RUNTIMES} (CPU)"
     )
     parser.add_argument("--peer", action="store_true", help=f"also time {PEER}")
+    parser.add_argument(
+        "--plain",
+        action="store_true",
+        help=f"also time {PLAIN_RUNTIME}: onnxruntime on the export with detectron2's own "
+        "post-processing graph (before quant_mimic.lean_postprocess), tuned the same way",
+    )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
@@ -257,6 +273,8 @@ def main(argv=None) -> List[Dict]:
     args.runtimes = RUNTIMES if args.runtime == "all" else (args.runtime,)
     if args.openvino:
         args.runtimes += tuple(r for r in OPENVINO_RUNTIMES if r not in args.runtimes)
+    if args.plain and PLAIN_RUNTIME not in args.runtimes:
+        args.runtimes += (PLAIN_RUNTIME,)
     torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(0)
     image = torch.rand(3, args.height, args.width, generator=g) * 255

@@ -14,7 +14,7 @@
   "Deploy"), BN folded into the convolutions unless ``--no-fold-bn``. CFG may be the student's
   config or the MimicRCNN config it was trained with (its inference is the student's).
 * ``--runtime`` / ``--precision`` (onnx): what a plain ``quant_mimic.export.onnx_session(path,
-  threads)`` load runs, recorded in the file with the timed onnxruntime level: onnxruntime
+  threads)`` load runs, recorded in the file with the timed onnxruntime options: onnxruntime
   (default), OpenVINO, or ``auto`` (the faster here); ``bf16`` = OpenVINO bfloat16 inference,
   lossy (AP cost: ``tools/eval_exported.py``, docs/SPEED.md).
 * ``--check``: run the exported file (TorchScript in torch, ONNX in its recorded runtime, in fp32)
@@ -101,8 +101,9 @@ def main(argv=None) -> int:
         "--ort-threads",
         type=int,
         default=2,
-        help="onnx: time onnxruntime's graph optimisation levels with this many threads and record "
-        "the fastest in the file (quant_mimic.export.onnx_session applies it); 0: do not tune",
+        help="onnx: time onnxruntime's graph optimisation levels and NCHWc widths with this many "
+        "threads and record the fastest in the file (quant_mimic.export.onnx_session applies it); "
+        "0: do not tune",
     )
     parser.add_argument(
         "--runtime",
@@ -164,9 +165,12 @@ def main(argv=None) -> int:
         tuned = tune_onnx(
             args.output, args.ort_threads, runtime=args.runtime, precision=args.precision
         )
+        c = tuned["nchwc_min_channels"]
+        nchwc = f", NCHWc from {c} channels" if c else ""
         print(
             f"onnxruntime graph optimisation on this host ({tuned['host']['cpu']}, "
-            f"{args.ort_threads} threads, 576x1024): {tuned['timings_ms']} ms -> {tuned['level']}; "
+            f"{args.ort_threads} threads, 576x1024): {tuned['timings_ms']} ms, ALL with NCHWc from "
+            f"c channels {tuned['nchwc_timings_ms']} ms -> {tuned['level']}{nchwc}; "
             f"OpenVINO {tuned['precision']}: {tuned['openvino_ms']} ms; plain load: "
             f"{tuned['runtime']} {tuned['precision']} (recorded in the file's metadata)"
         )
