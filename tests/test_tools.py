@@ -64,8 +64,8 @@ class TestTools(unittest.TestCase):
                 rows = json.load(f)
         fields = ("model", "runtime", "threads", "input", "detector_ms", "params_M", "size_MB",
                   "gmacs", "speedup_vs_peer")  # fmt: skip
-        self.assertEqual([r["runtime"] for r in rows], ["pytorch", "torchscript", "onnxruntime",
-                                                        "onnxruntime-plain", "pytorch"])  # fmt: skip
+        runtimes = ["pytorch", "torchscript", "onnxruntime", "onnxruntime-plain", "pytorch"]
+        self.assertEqual([r["runtime"] for r in rows], runtimes)
         # --plain: detectron2's own post-processing graph, tuned the same way, same contract
         self.assertIn("nchwc_min_channels", rows[3]["session"])
         for r in rows:
