@@ -447,11 +447,12 @@ class OpenVINOSession:
 
 def _time_round_robin(makers: Dict, x: np.ndarray, runs: int, warmup: int) -> Dict:
     """
-    Median ms of ``session.run`` on ``x`` for the session each of ``makers`` builds, timed in
-    alternating rounds (per round and candidate: build the session, ``warmup`` untimed calls, up to
-    three timed ones, close it), so that a slow spell of a shared host falls on every candidate
-    alike. One session lives at a time: an idle onnxruntime session's spinning threads would slow
-    the one being timed.
+    Lower-quartile ms of ``session.run`` on ``x`` for the session each of ``makers`` builds, timed
+    in alternating rounds (per round and candidate: build the session, ``warmup`` untimed calls, up
+    to three timed ones, close it), so that a slow spell of a shared host falls on every candidate
+    alike; the lower quartile is what a candidate costs when no spell slows it, where a median can
+    still be moved by one. One session lives at a time: an idle onnxruntime session's spinning
+    threads would slow the one being timed.
     """
     feed = {"image": x}
     times = {key: [] for key in makers}
@@ -465,14 +466,14 @@ def _time_round_robin(makers: Dict, x: np.ndarray, runs: int, warmup: int) -> Di
                 session.run(None, feed)
                 times[key].append(1000 * (time.perf_counter() - start))
             session = None  # its threads end before the next one is timed
-    return {key: round(statistics.median(t), 3) for key, t in times.items()}
+    return {key: round(float(np.percentile(t, 25)), 3) for key, t in times.items()}
 
 
 def time_ort_levels(
     path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
 ) -> Dict[str, float]:
-    """Median ms of one inference of the ONNX file at each graph optimisation level, on this host
-    (:func:`_time_round_robin`). onnxruntime's layout optimisations (ORT_ENABLE_ALL: NCHWc
+    """Lower-quartile ms of one inference of the ONNX file at each graph optimisation level, on
+    this host (:func:`_time_round_robin`). onnxruntime's layout optimisations (ORT_ENABLE_ALL: NCHWc
     reorders) can cost more than they save on 2- to 16-channel convolutions, by CPU
     (docs/SPEED.md): the best level is measured, not set.
     """
@@ -483,7 +484,7 @@ def time_ort_nchwc(
     path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
 ) -> Dict[int, float]:
     """
-    Median ms of one inference at ORT_ENABLE_ALL with NCHWc only for convolutions at least
+    Lower-quartile ms of one inference at ORT_ENABLE_ALL with NCHWc only for convolutions at least
     ``c`` channels wide (:func:`_session`), for each ``c`` of :func:`nchwc_thresholds`. On
     VGG-1-32, NCHWc costs more than it saves on the 2- and 4-channel full-resolution layers and
     saves on the wider ones (docs/SPEED.md): where the layout pays is measured, per host.
@@ -529,10 +530,11 @@ def time_openvino(
     warmup: int = 2,
     precision: str = "fp32",
 ) -> float:
-    """Median ms of one inference of the ONNX file in :class:`OpenVINOSession`, on this host."""
+    """Lower-quartile ms of one inference of the ONNX file in :class:`OpenVINOSession`, on this
+    host (timed as :func:`_time_round_robin` times onnxruntime's options, so they compare)."""
     x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
-    session = OpenVINOSession(path, threads, precision)
-    return round(median_ms(lambda: session.run(None, {"image": x}), runs, warmup), 3)
+    make = functools.partial(OpenVINOSession, path, threads, precision)
+    return _time_round_robin({"openvino": make}, x, runs, warmup)["openvino"]
 
 
 def tune_onnx(
