@@ -44,7 +44,6 @@ __all__ = [
     "ExportedDetector",
     "bf16_supported",
     "time_ort_levels",
-    "time_ort_nchwc",
     "time_ort_options",
     "nchwc_thresholds",
     "tune_onnx",
@@ -316,13 +315,32 @@ def _conv_widths(model) -> Dict[str, int]:
 
 def nchwc_thresholds(path: str) -> List[int]:
     """
-    The values of ``nchwc_min_channels`` worth timing for the file (:func:`time_ort_nchwc`): each
+    The values of ``nchwc_min_channels`` worth timing for the file (:func:`time_ort_options`): each
     convolution width but the narrowest, and one more than the widest (no convolution in NCHWc).
     """
     import onnx
 
     widths = sorted(set(_conv_widths(onnx.load(path, load_external_data=False)).values()))
     return widths[1:] + [widths[-1] + 1] if widths else []
+
+
+@functools.lru_cache(maxsize=8)
+def _narrow_weights_as_inputs(path: str, mtime: float, min_channels: int) -> bytes:
+    """The file's model, serialized, with the weights of convolutions narrower than
+    ``min_channels`` also listed as graph inputs (:func:`_session`); cached per file version, as
+    the tune builds the same session in every round."""
+    import onnx
+
+    del mtime  # part of the cache key only
+    model = onnx.load(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    for name, width in _conv_widths(model).items():
+        if width < min_channels:
+            t = inits[name]
+            model.graph.input.append(
+                onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
+            )
+    return model.SerializeToString()
 
 
 def _session(path: str, threads: int, level: str, nchwc_min_channels: int = 0, options=None):
@@ -344,18 +362,8 @@ def _session(path: str, threads: int, level: str, nchwc_min_channels: int = 0, o
     source = path
     nchwc_min_channels = int(nchwc_min_channels) if level == "ORT_ENABLE_ALL" else 0
     if nchwc_min_channels > 0:
-        import onnx
-
-        model = onnx.load(path)
-        inits = {t.name: t for t in model.graph.initializer}
-        for name, width in _conv_widths(model).items():
-            if width < nchwc_min_channels:
-                t = inits[name]
-                model.graph.input.append(
-                    onnx.helper.make_tensor_value_info(name, t.data_type, list(t.dims))
-                )
         options.log_severity_level = 3  # it warns that those weights are not constants: the point
-        source = model.SerializeToString()
+        source = _narrow_weights_as_inputs(path, os.path.getmtime(path), nchwc_min_channels)
     session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     session.quant_mimic_nchwc_min_channels = nchwc_min_channels  # for session_options
     return session
@@ -480,31 +488,28 @@ def time_ort_levels(
     return time_ort_options(path, threads, example, runs, warmup, nchwc=False)[0]
 
 
-def time_ort_nchwc(
-    path: str, threads: int = 0, example: np.ndarray = None, runs: int = 10, warmup: int = 2
-) -> Dict[int, float]:
-    """
-    Lower-quartile ms of one inference at ORT_ENABLE_ALL with NCHWc only for convolutions at least
-    ``c`` channels wide (:func:`_session`), for each ``c`` of :func:`nchwc_thresholds`. On
-    VGG-1-32, NCHWc costs more than it saves on the 2- and 4-channel full-resolution layers and
-    saves on the wider ones (docs/SPEED.md): where the layout pays is measured, per host.
-    """
-    return time_ort_options(path, threads, example, runs, warmup, levels=False)[1]
-
-
 def time_ort_options(
     path: str,
     threads: int = 0,
     example: np.ndarray = None,
     runs: int = 10,
     warmup: int = 2,
-    levels: bool = True,
     nchwc: bool = True,
 ) -> Tuple[Dict[str, float], Dict[int, float]]:
-    """:func:`time_ort_levels` and :func:`time_ort_nchwc` in one :func:`_time_round_robin`."""
+    """
+    Lower-quartile ms of one inference at each graph optimisation level and (``nchwc``) at
+    ORT_ENABLE_ALL with NCHWc only for convolutions at least ``c`` channels wide
+    (:func:`_session`), for each ``c`` of :func:`nchwc_thresholds`, all in one
+    :func:`_time_round_robin`. On VGG-1-32, NCHWc costs more than it saves on the 2- and 4-channel
+    full-resolution layers and saves on the wider ones (docs/SPEED.md): where the layout pays is
+    measured, per host.
+
+    Returns:
+        (dict, dict): ms per level, ms per ``c`` (empty without ``nchwc``).
+    """
     x = _example_input(path) if example is None else np.asarray(example, dtype=np.float32)
     makers = {}
-    for level in ORT_LEVELS if levels else ():
+    for level in ORT_LEVELS:
         makers[level] = functools.partial(_session, path, threads, level)
     for c in nchwc_thresholds(path) if nchwc else ():
         makers[c] = functools.partial(_session, path, threads, "ORT_ENABLE_ALL", c)
@@ -546,10 +551,9 @@ def tune_onnx(
     precision: str = "fp32",
 ) -> Dict:
     """
-    Time the onnxruntime graph optimisation levels on this host (:func:`time_ort_levels`) and
-    ORT_ENABLE_ALL with NCHWc only for convolutions at least c channels wide
-    (:func:`time_ort_nchwc`), side by side (:func:`time_ort_options`). Record the fastest in the
-    file's metadata (``quant_mimic.ort_graph_optimization_level``,
+    Time the onnxruntime graph optimisation levels on this host and ORT_ENABLE_ALL with NCHWc only
+    for convolutions at least c channels wide, side by side (:func:`time_ort_options`). Record the
+    fastest in the file's metadata (``quant_mimic.ort_graph_optimization_level``,
     ``quant_mimic.ort_nchwc_min_channels``; the host and timings in ``quant_mimic.ort_tuned_on``),
     so that :func:`onnx_session` applies it on a plain load. Also records the runtime a plain load
     uses (``quant_mimic.runtime``) and its precision (``quant_mimic.precision``):
@@ -625,7 +629,7 @@ def onnx_session(path: str, threads: int = 0, level: str = "", runtime: str = ""
 
     Args:
         level: onnxruntime graph optimisation level, one of :data:`ORT_LEVELS` or "auto" (timed
-            now on this host, with the NCHWc widths of :func:`time_ort_nchwc`; implies
+            now on this host, with the NCHWc widths of :func:`time_ort_options`; implies
             onnxruntime); default: the recorded one with its ``nchwc_min_channels``, else
             ORT_ENABLE_ALL. An explicit level runs as onnxruntime sets it.
         runtime: "onnxruntime" or "openvino" (:class:`OpenVINOSession`); default: the recorded
