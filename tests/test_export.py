@@ -109,7 +109,7 @@ class TestExportRoundTrip(unittest.TestCase):
         self._round_trip(FRCNN)
 
     def test_space_to_depth_first_block_is_exact(self):
-        from quant_mimic.space_to_depth import rewrite_vgg_first_block
+        from quant_mimic.export.space_to_depth import rewrite_vgg_first_block
 
         cfg = get_config(RFCN)
         model = _randomise_bn(build_model_no_weights(cfg))
@@ -189,20 +189,20 @@ class TestNCHWcWidths(unittest.TestCase):
         import numpy as np
         import onnx
 
-        from quant_mimic.export import _conv_widths, _session
+        from quant_mimic.export import conv_widths, ort_session
 
         cfg = get_config(RFCN)
         module = StudentInference(_randomise_bn(build_model_no_weights(cfg)))
         images = example_images(cfg, sizes=SIZES)
         with tempfile.TemporaryDirectory() as d:
             path = export_onnx(module, images[0], os.path.join(d, "m.onnx"))
-            widths = sorted(set(_conv_widths(onnx.load(path)).values()))
+            widths = sorted(set(conv_widths(onnx.load(path)).values()))
             self.assertEqual(nchwc_thresholds(path), widths[1:] + [widths[-1] + 1])
             c = widths[2]
-            session = _session(path, 1, "ORT_ENABLE_ALL", c)
+            session = ort_session(path, 1, "ORT_ENABLE_ALL", c)
             self.assertEqual([i.name for i in session.get_inputs()], ["image"])
             self.assertEqual(session_options(session)["nchwc_min_channels"], c)
-            plain = _session(path, 1, "ORT_ENABLE_ALL")
+            plain = ort_session(path, 1, "ORT_ENABLE_ALL")
             for x in images:
                 got = session.run(None, {"image": x.numpy()})
                 for a, b in zip(got, plain.run(None, {"image": x.numpy()})):
@@ -218,7 +218,7 @@ class TestNCHWcWidths(unittest.TestCase):
             options.optimized_model_filepath = optimized
             options.log_severity_level = 3
             model = onnx.load(path)
-            narrow = [n for n, w in _conv_widths(model).items() if w < c]
+            narrow = [n for n, w in conv_widths(model).items() if w < c]
             for name in narrow:
                 t = next(t for t in model.graph.initializer if t.name == name)
                 model.graph.input.append(
@@ -232,7 +232,7 @@ class TestNCHWcWidths(unittest.TestCase):
             self.assertGreater(len(nchwc), 0)
             self.assertFalse(any(set(n.input) & set(narrow) for n in nchwc))
             self.assertEqual(
-                _session(path, 1, "ORT_ENABLE_EXTENDED", c).quant_mimic_nchwc_min_channels, 0
+                ort_session(path, 1, "ORT_ENABLE_EXTENDED", c).quant_mimic_nchwc_min_channels, 0
             )
 
 

@@ -1,6 +1,6 @@
 """The exact runtime-friendly post-processing traced into ONNX exports
-(quant_mimic.lean_postprocess): bitwise-equal box decoding, NMS that stops at its top-k, and the
-context that applies them and restores everything."""
+(quant_mimic.export.lean_postprocess): bitwise-equal box decoding, NMS that stops at its top-k,
+and the context that applies them and restores everything."""
 
 import os
 import tempfile
@@ -15,7 +15,7 @@ from detectron2.modeling.proposal_generator import proposal_utils, rpn
 from detectron2.modeling.roi_heads import fast_rcnn
 
 from quant_mimic.export import StudentInference, export_onnx
-from quant_mimic.lean_postprocess import (
+from quant_mimic.export.lean_postprocess import (
     CoordinateMajorBox2BoxTransform,
     batched_nms_topk,
     lean_postprocess,

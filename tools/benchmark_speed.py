@@ -14,10 +14,10 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
 * ``torchscript``: the same module traced and frozen (``tools/export_student.py --format
   torchscript``);
 * ``onnxruntime``: the same module exported to ONNX (``--format onnx``; its post-processing in
-  the exact lean form of :mod:`quant_mimic.lean_postprocess`), its options (graph optimisation
-  level, or ORT_ENABLE_ALL with NCHWc only for convolutions from c channels) chosen by timing on
-  this host and recorded in the file as the export tool does (``tune_onnx``; the timings are in
-  the row), onnxruntime CPU session with ``--threads`` intra-op threads (CPU only);
+  the exact lean form of :mod:`quant_mimic.export.lean_postprocess`), its options (graph
+  optimisation level, or ORT_ENABLE_ALL with NCHWc only for convolutions from c channels) chosen
+  by timing on this host and recorded in the file as the export tool does (``tune_onnx``; the
+  timings are in the row), onnxruntime CPU session with ``--threads`` intra-op threads (CPU only);
 * ``openvino`` (``--openvino`` or ``--runtime openvino``): the same ONNX file in OpenVINO's CPU
   runtime (``onnx_session(path, threads, runtime="openvino")``: compiled for the input's shape,
   fp32, exact);
@@ -25,7 +25,7 @@ Per model and runtime: the median latency of ``--runs`` timed runs after ``--war
   ``tools/eval_exported.py``); skipped on CPUs without avx512_bf16 or AMX;
 * ``onnxruntime-plain`` (``--plain``): onnxruntime on the file exported with detectron2's own
   post-processing graph (``export_onnx(..., lean=False)``), tuned the same way: the "before" of
-  :mod:`quant_mimic.lean_postprocess`, side by side.
+  :mod:`quant_mimic.export.lean_postprocess`, side by side.
 
 Every row records its host (``cpu`` model, ``isa``: which of avx2 / avx512f / avx512_vnni /
 amx_tile, ``bf16``: native bfloat16 or not, ``torch``, ``onnxruntime`` and ``openvino`` versions,
@@ -49,38 +49,20 @@ from detectron2.modeling import build_model
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from quant_mimic import get_config
+from quant_mimic.benchmark_models import MODELS, STUDENTS
 from quant_mimic.export import (
     StudentInference,
     export_onnx,
     export_torchscript,
-    host_info,
-    median_ms,
     onnx_session,
     run_onnx,
     session_options,
     tune_onnx,
 )
+from quant_mimic.fileio import CONFIGS_DIR
+from quant_mimic.timing import host_info, median_ms
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
-# name -> (config relative to configs/, overrides)
-MODELS: Dict[str, tuple] = {
-    "VGG16 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", ["MODEL.VGG.CHANNEL_DIVISOR", 1]),
-    "VGG-1-4 R-FCN": ("WIDERFace/rfcn_VGG-1-4_teacher.yaml", []),
-    "VGG-1-32 R-FCN": ("WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
-    "ResNet18 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml", []),
-    "ResNet18-1-16 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml", []),
-}
-# The students at the test-time proposal counts chosen for the tiny model (README "Speed": greedy
-# NMS keeps the same top-scoring survivors from a shorter pre-NMS list; the AP cost is measured by
-# tools/sweep_test_proposals.py).
-DEPLOY_OPTS = ["MODEL.RPN.PRE_NMS_TOPK_TEST", 1000, "MODEL.RPN.POST_NMS_TOPK_TEST", 100]
-MODELS["VGG-1-32 R-FCN, RPN test 1000/100"] = (MODELS["VGG-1-32 R-FCN"][0], DEPLOY_OPTS)
-MODELS["ResNet18-1-16 Faster R-CNN, RPN test 1000/100"] = (
-    MODELS["ResNet18-1-16 Faster R-CNN"][0],
-    DEPLOY_OPTS,
-)
-STUDENTS = tuple(m for m in MODELS if "-1-32" in m or "-1-16" in m)
+CONFIG_DIR = CONFIGS_DIR
 RUNTIMES = ("pytorch", "torchscript", "onnxruntime")  # --runtime all
 OPENVINO_RUNTIMES = ("openvino", "openvino-bf16")  # --openvino
 # --plain: the file exported with detectron2's own post-processing graph (export_onnx(lean=False))
@@ -261,7 +243,7 @@ def main(argv=None) -> List[Dict]:
         "--plain",
         action="store_true",
         help=f"also time {PLAIN_RUNTIME}: onnxruntime on the export with detectron2's own "
-        "post-processing graph (before quant_mimic.lean_postprocess), tuned the same way",
+        "post-processing graph (before quant_mimic.export.lean_postprocess), tuned the same way",
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
     parser.add_argument("--runs", type=int, default=30)

@@ -28,7 +28,7 @@ from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, get_config
 from quant_mimic.checkpoint import atomic_write_text
-from quant_mimic.export import host_info
+from quant_mimic.timing import host_info
 from quant_mimic.teacher_cache import fill_teacher_cache
 
 # Real datasets' training inputs (images × 2 flips) for the projected cache size.

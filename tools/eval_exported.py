@@ -141,7 +141,7 @@ def main(argv=None):
             parser.error(f"no config for {w}: {config} is missing (use --config-file)")
     import torch
 
-    from quant_mimic.export import host_info
+    from quant_mimic.timing import host_info
 
     torch.set_num_threads(args.threads)
     rows = []

@@ -20,12 +20,9 @@ import functools
 import glob
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _summary(per_type, per_node, runs: int, top: int) -> dict:
@@ -42,13 +39,13 @@ def profile_ort(
 ) -> dict:
     import onnxruntime as ort
 
-    from quant_mimic.export import _session
+    from quant_mimic.export import ort_session
 
     with tempfile.TemporaryDirectory() as d:
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(d, "ort")
-        session = _session(path, threads, level, nchwc_min, options)
+        session = ort_session(path, threads, level, nchwc_min, options)
         for _ in range(runs + 3):  # the first 3 are warm-up, left out below
             session.run(None, {"image": x})
         session.end_profiling()
@@ -100,26 +97,26 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3, help="keep the least disturbed of n")
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
     import torch
-    from benchmark_speed import CONFIG_DIR, MODELS
 
     from detectron2.modeling import build_model
 
     from quant_mimic import get_config
+    from quant_mimic.benchmark_models import MODELS
     from quant_mimic.export import (
         StudentInference,
-        _best_ort_options,
+        best_ort_options,
         bf16_supported,
         export_onnx,
-        host_info,
         time_ort_options,
     )
+    from quant_mimic.fileio import CONFIGS_DIR
+    from quant_mimic.timing import host_info
 
     if args.model not in MODELS:
         parser.error(f"--model must be one of {list(MODELS)}")
     config, opts = MODELS[args.model]
-    cfg = get_config(os.path.join(CONFIG_DIR, config), ["MODEL.DEVICE", "cpu"] + list(opts))
+    cfg = get_config(os.path.join(CONFIGS_DIR, config), ["MODEL.DEVICE", "cpu"] + list(opts))
     torch.manual_seed(0)
     module = StudentInference(build_model(cfg).eval())
     channels = len(cfg.MODEL.PIXEL_MEAN)
@@ -129,7 +126,7 @@ def main(argv=None):
         plain = export_onnx(module, torch.from_numpy(x), os.path.join(d, "plain.onnx"), lean=False)
         path = export_onnx(module, torch.from_numpy(x), os.path.join(d, "m.onnx"))
         # the options tune_onnx would record on this host (timed side by side)
-        level, c, _ = _best_ort_options(*time_ort_options(path, args.threads, x, runs=10))
+        level, c, _ = best_ort_options(*time_ort_options(path, args.threads, x, runs=10))
         ort_jobs = {
             "before: detectron2's post-processing graph, onnxruntime ORT_ENABLE_EXTENDED": (
                 plain,

@@ -119,7 +119,7 @@ def rewrite_vgg_first_block(model: nn.Module) -> bool:
     convolutions with bias, ReLU and no remaining norm (fold BN first) and "vgg1" is not an output.
     Returns whether it did.
     """
-    from .vgg import VGG16
+    from ..vgg import VGG16
 
     vgg = getattr(model, "backbone", None)
     if not isinstance(vgg, VGG16) or "vgg1" in vgg._out_features or len(vgg.stage_names) < 2:
