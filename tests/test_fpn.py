@@ -11,7 +11,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from quant_mimic.config import model_zoo_config_file, resolve_teacher_config_path
-from quant_mimic.mimic_rcnn import pyramid_levels
+from quant_mimic.mimic_head import pyramid_levels
 from quant_mimic.teacher import build_teacher_cfg
 
 from .common import CONFIG_DIR, build_model_no_weights, get_config, random_inputs
@@ -51,13 +51,13 @@ class TestLevelPairing(unittest.TestCase):
 
     def test_each_box_on_the_expected_level_on_both_sides(self):
         model = self._model()
-        self.assertEqual(model.pyramid, (2, 5))
+        self.assertEqual(model.mimic_head.pyramid, (2, 5))
         # ROIPooler's rule: level = floor(4 + log2(sqrt(area) / 224)), clamped to [2, 5]
         sides = {16: 2, 60: 2, 112: 3, 150: 3, 224: 4, 300: 4, 448: 5, 900: 5}
         boxes = Boxes(torch.tensor([[0.0, 0.0, s, s] for s in sides]))
         t_maps = {f"p{k}": torch.full((1, 256, 64, 64), float(k)) for k in range(2, 7)}
         s_maps = {f"p{k}": torch.full((1, 256, 64, 64), 10.0 * k) for k in range(2, 7)}
-        f_t, f_s = model._pooled_on_levels(t_maps, s_maps, [boxes], quantize_teacher_maps=False)
+        [(f_t, f_s)] = model.mimic_head.paired_features(t_maps, s_maps, [boxes], False)
         self.assertEqual(f_t.shape, (len(sides), 256, 7, 7))
         got_t = sorted(f_t.flatten(1).mean(1).tolist())
         self.assertEqual(got_t, sorted(float(v) for v in sides.values()))
@@ -75,7 +75,9 @@ class TestLevelPairing(unittest.TestCase):
         every = build_model_no_weights(
             get_config(FPN_QM, ["MODEL.MIMIC.LEVEL_ASSIGNMENT", "every"])
         )
-        self.assertIsNone(every.pyramid)  # every RoI on every pair: one adapter and term each
+        self.assertIsNone(
+            every.mimic_head.pyramid
+        )  # every RoI on every pair: one adapter and term each
         self.assertEqual(len(every.mimic_adapters), 4)
         with self.assertRaisesRegex(ValueError, "FPN_ADAPTER"):
             get_config(FPN_QM, ["MODEL.MIMIC.FPN_ADAPTER", "both"])
@@ -87,9 +89,8 @@ class TestLevelPairing(unittest.TestCase):
         boxes = [Boxes(torch.tensor([[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 300.0, 300.0]]))]
         t_maps = {f"p{k}": torch.full((1, 256, 64, 64), 1.0) for k in range(2, 7)}
         s_maps = {f"p{k}": torch.zeros(1, 256, 64, 64, requires_grad=True) for k in range(2, 7)}
-        model.teacher_maps = lambda inputs, fill_only=False: t_maps
         with EventStorage():
-            loss = model.weighted_mimic_loss(None, s_maps, boxes)["loss_mimic"]
+            loss = model.mimic_head.losses(t_maps, s_maps, boxes)["loss_mimic"]
         self.assertAlmostEqual(loss.item(), 256 * 7 * 7 * 2 / (2 * 2), places=3)
 
     def test_mismatched_level_ranges_are_an_error_naming_both(self):
@@ -172,7 +173,7 @@ class TestModelZooTeachers(unittest.TestCase):
     def test_distillation_config_builds_and_steps(self):
         cfg = get_config(ZOO, ["INPUT.MIN_SIZE_TRAIN", (128,), "INPUT.MAX_SIZE_TRAIN", 160])
         model = build_model_no_weights(cfg)
-        self.assertEqual(model.pyramid, (2, 5))
+        self.assertEqual(model.mimic_head.pyramid, (2, 5))
         self.assertEqual(model.mimic_adapters[0].weight.shape, (256, 16, 1, 1))
         model.train()
         with EventStorage():

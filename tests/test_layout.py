@@ -1,5 +1,6 @@
-"""The project's layout: no import circle in the package, the public config loader (and the plain
-detectron2 load), and README/docs whose relative links all resolve."""
+"""The project's layout: no import circle in the package, between its modules or its packages
+(folders); nothing imports train_net.py, no tool imports tests/ or another tool; the public config
+loader (and the plain detectron2 load); README/docs whose relative links all resolve."""
 
 import ast
 import os
@@ -58,15 +59,17 @@ def import_graph():
     return graph
 
 
-def find_cycle(graph):
-    """One import circle as a list of modules, or None."""
+def find_cycle(graph, skip_own_submodules: bool = True):
+    """One import circle as a list of modules, or None (``skip_own_submodules``: an edge between a
+    package and its own submodules, an ``__init__`` re-export, is not one)."""
     state, stack = {}, []
 
     def visit(n):
         state[n] = 1
         stack.append(n)
         for m in sorted(graph[n]):
-            if m.startswith(n + ".") or n.startswith(m + ".") and m == n.rsplit(".", 1)[0]:
+            own = m.startswith(n + ".") or n.startswith(m + ".") and m == n.rsplit(".", 1)[0]
+            if own and skip_own_submodules:
                 continue  # a package and its own submodules (__init__ re-exports)
             if state.get(m) == 1:
                 return stack[stack.index(m) :] + [m]
@@ -86,6 +89,41 @@ def find_cycle(graph):
     return None
 
 
+def package_of(module: str, graph) -> str:
+    """The package (folder) a module lives in; a package's ``__init__`` is the package itself."""
+    if any(k.startswith(module + ".") for k in graph):
+        return module
+    return module.rsplit(".", 1)[0]
+
+
+def package_graph(graph):
+    """{package: {packages its modules import}} of a module graph; a package's ``__init__`` (which
+    re-exports, and registers the project's components) does not count."""
+    out = {package_of(m, graph): set() for m in graph}
+    for module, deps in graph.items():
+        if any(k.startswith(module + ".") for k in graph):
+            continue
+        a = package_of(module, graph)
+        out[a] |= {package_of(d, graph) for d in deps} - {a}
+    return out
+
+
+TOOLS = os.path.join(REPO_ROOT, "tools")
+
+
+def _imported_names(path: str):
+    """Every module name an import statement of ``path`` names (those inside functions too)."""
+    with open(path) as f:
+        tree = ast.parse(f.read())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add(node.module or "")
+    return names, tree
+
+
 class TestImportGraph(unittest.TestCase):
     def test_no_import_circle(self):
         graph = import_graph()
@@ -95,6 +133,44 @@ class TestImportGraph(unittest.TestCase):
         self.assertNotIn("quant_mimic.engine", graph["quant_mimic.feature_statistics"])
         self.assertIn("quant_mimic.engine", graph["quant_mimic.diagnostics"])
         self.assertNotIn("quant_mimic.diagnostics", graph["quant_mimic.stride_calibration"])
+
+    def test_no_loop_between_packages(self):
+        packages = package_graph(import_graph())
+        self.assertIn("quant_mimic.export", packages)
+        self.assertIsNone(find_cycle(packages, skip_own_submodules=False))
+        # the pipeline drives pretraining and training, never the reverse
+        self.assertNotIn("quant_mimic.pipeline", packages["quant_mimic"])
+
+    def test_package_loop_is_found(self):
+        graph = {"p": {"p.a"}, "p.a": {"p.q.b"}, "p.q": set(), "p.q.b": {"p.c"}, "p.c": set()}
+        self.assertEqual(find_cycle(package_graph(graph), False), ["p", "p.q", "p"])
+
+    def test_nothing_imports_train_net(self):
+        files = [os.path.join(TOOLS, f) for f in os.listdir(TOOLS) if f.endswith(".py")]
+        for root, _, names in os.walk(PACKAGE):
+            files += [os.path.join(root, f) for f in names if f.endswith(".py")]
+        for path in files:
+            names, tree = _imported_names(path)
+            self.assertNotIn("train_net", names, path)
+            with open(path) as f:
+                self.assertNotRegex(f.read(), r",\s*\"train_net\.py\"", path)  # loaded by path
+
+    def test_no_tool_imports_tests_or_another_tool(self):
+        tools = {f[:-3] for f in os.listdir(TOOLS) if f.endswith(".py")}
+        for tool in sorted(tools):
+            names, _ = _imported_names(os.path.join(TOOLS, tool + ".py"))
+            tops = {n.split(".")[0] for n in names}
+            self.assertNotIn("tests", tops, tool)
+            self.assertFalse(tops & (tools - {tool}), f"tools/{tool}.py imports {tops & tools}")
+
+    def test_export_is_a_package_and_mimic_rcnn_is_small(self):
+        self.assertTrue(os.path.isfile(os.path.join(PACKAGE, "export", "__init__.py")))
+        self.assertFalse(os.path.exists(os.path.join(PACKAGE, "export.py")))
+        import inspect
+
+        from quant_mimic.mimic_rcnn import MimicRCNN
+
+        self.assertLess(len(inspect.getsource(MimicRCNN).splitlines()), 160)
 
     def test_cycle_finder_finds_one(self):
         self.assertEqual(find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}), ["a", "b", "c", "a"])

@@ -71,7 +71,7 @@ class TestMimicLoss(unittest.TestCase):
         cfg = get_config(
             "Synth/rfcn_VGG-1-32_mimic.yaml", ["MODEL.MIMIC.LOSS_NORMALIZATION", "mean"]
         )
-        self.assertEqual(build_model_no_weights(cfg).loss_normalization, "mean")
+        self.assertEqual(build_model_no_weights(cfg).mimic_head.loss_normalization, "mean")
         with self.assertRaisesRegex(ValueError, "LOSS_NORMALIZATION"):
             get_config("Synth/rfcn_VGG-1-32_mimic.yaml", ["MODEL.MIMIC.LOSS_NORMALIZATION", "avg"])
 
@@ -135,9 +135,10 @@ class TestOneQuantizerConfig(unittest.TestCase):
     def test_pow2_row_needs_one_edit(self):
         # Table 6: naming the pow2 teacher is enough; the loss follows it.
         model = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic_pow2.yaml"))
-        self.assertEqual(model.quantizer["method"], "pow2")
+        self.assertEqual(model.mimic_head.quantizer["method"], "pow2")
         model = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"))
-        self.assertEqual((model.quantizer["method"], model.quantizer["stride"]), ("uniform", 1.0))
+        q = model.mimic_head.quantizer
+        self.assertEqual((q["method"], q["stride"]), ("uniform", 1.0))
 
 
 class TestMimicRCNNModel(unittest.TestCase):
@@ -238,13 +239,14 @@ class TestMimicRCNNModel(unittest.TestCase):
                 boxes = [
                     Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0], [0.0, 0.0, 50.0, 40.0]]))
                 ] * 2
-                got = model.weighted_mimic_loss(inputs, feats, boxes)["loss_mimic"]
+                head = model.mimic_head
+                got = head.losses(model.teacher_maps(inputs), feats, boxes)["loss_mimic"]
                 with torch.no_grad():
                     timg = model.teacher.preprocess_image(inputs)
-                    ft = model.teacher_poolers[0](
+                    ft = head.teacher_poolers[0](
                         [model.teacher.backbone(timg.tensor)["res4"]], boxes
                     )
-                fs = model.mimic_adapters[0](model.student_poolers[0]([feats["res4"]], boxes))
+                fs = model.mimic_adapters[0](head.student_poolers[0]([feats["res4"]], boxes))
                 ft = quantize(ft) if qt else ft
                 fs = quantize(fs) if qs else fs
                 expected = ((ft - fs) ** 2).sum() / (2 * 4)
@@ -270,7 +272,7 @@ class TestMimicRCNNModel(unittest.TestCase):
             torch.save({"model": model.state_dict()}, path)
             model.load_teacher(path)
             for q in (False, True):
-                model.quantize_teacher = model.quantize_student = q
+                model.mimic_head.quantize_teacher = model.mimic_head.quantize_student = q
                 model.train()
                 with EventStorage():
                     losses = model(random_inputs(cfg))
@@ -283,7 +285,7 @@ class TestMimicRCNNModel(unittest.TestCase):
             good = os.path.join(d, "teacher.pth")
             torch.save({"model": model.teacher.state_dict()}, good)
             model.load_teacher(good)  # exact match loads
-            self.assertTrue(model.teacher_loaded)
+            self.assertTrue(model.frozen_teacher.loaded)
             sd = dict(model.teacher.state_dict())
             sd["roi_heads.box_predictor.cls_score.weight"] = torch.zeros(
                 3, 512
@@ -335,7 +337,7 @@ class TestMimicRCNNModel(unittest.TestCase):
              "MODEL.MIMIC.WARMUP_ITERS", 4, "MODEL.MIMIC.STOP_ITER", 100],
         )  # fmt: skip
         model = build_model_no_weights(cfg)
-        got = [model.current_loss_weight(i) for i in (0, 9, 10, 11, 13, 50, 99, 100)]
+        got = [model.mimic_head.current_loss_weight(i) for i in (0, 9, 10, 11, 13, 50, 99, 100)]
         self.assertEqual(got, [0.0, 0.0, 0.5, 1.0, 2.0, 2.0, 2.0, 0.0])
 
 

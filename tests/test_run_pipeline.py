@@ -461,7 +461,7 @@ class TestSmokePipeline(unittest.TestCase):
             backbone = os.path.join(out, "pretrain", "backbone.pth")
             self.assertTrue(os.path.isfile(backbone))
             self.assertTrue(os.path.isdir(os.path.join(out, "datasets", "synth", "cls", "train")))
-            from quant_mimic.pipeline.records import file_sha256
+            from quant_mimic.fileio import file_sha256
 
             with open(os.path.join(out, "results.json")) as f:
                 records = {r["stage"]: r for r in json.load(f)}

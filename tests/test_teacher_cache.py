@@ -4,6 +4,7 @@ without the cache through the real trainer, identity checks, corrupt entries, tw
 one cache, and augmentations that cannot be cached."""
 
 import glob
+import json
 import os
 import tempfile
 import unittest
@@ -11,14 +12,15 @@ import unittest
 import numpy as np
 import torch
 
-from detectron2.engine import hooks, launch
-from detectron2.utils.env import seed_all_rng
+from detectron2.engine import launch
 
 from quant_mimic import Trainer, setup_cfg
 from quant_mimic.quantization import quantize
-from quant_mimic.teacher_cache import FLOAT16_MAX, MapCodec, TeacherCacheError, fill_teacher_cache
+from quant_mimic.teacher_cache import FLOAT16_MAX, MapCodec, TeacherCacheError
+from quant_mimic.teacher_cache_fill import fill_teacher_cache
+from quant_mimic.testing import save_random_teacher, tiny_mimic_cfg, train_losses
 
-from .common import CONFIG_DIR, FAST_OPTS, random_inputs, register_tiny_dataset, trainer_opts
+from .common import CONFIG_DIR, random_inputs
 
 QM = "Synth/faster_rcnn_R18-1-16_C4_quant_mimic.yaml"  # quantized ResNet18 teacher (res4)
 LI = "Synth/faster_rcnn_R18-1-16_C4_mimic.yaml"  # full-precision teacher
@@ -26,41 +28,7 @@ RFCN_QM = "Synth/rfcn_VGG-1-32_quant_mimic.yaml"  # quantized VGG-1-4 teacher (v
 
 
 def _cfg(tmp, config=QM, cache="", extra=(), max_iter=4, teacher=""):
-    # the synthetic VOC configs have 6 classes
-    name = register_tiny_dataset(
-        "qm_tiny_cache_" + os.path.basename(tmp), os.path.join(tmp, "data"), num_classes=6
-    )
-    opts = FAST_OPTS + trainer_opts(name, os.path.join(tmp, "out"), max_iter)
-    opts += ["MODEL.MIMIC.TEACHER.CACHE_DIR", cache, "MODEL.MIMIC.TEACHER.WEIGHTS", teacher]
-    opts += ["SOLVER.BASE_LR", 0.001, "SOLVER.CLIP_GRADIENTS.ENABLED", True]
-    return setup_cfg(os.path.join(CONFIG_DIR, config), opts + list(extra))
-
-
-def _save_teacher(cfg, path, seed):
-    """A teacher checkpoint (random weights of the teacher config) at ``path``."""
-    torch.manual_seed(seed)
-    model = Trainer.build_model(cfg, load_teacher=False)
-    torch.save({"model": model.teacher.state_dict()}, path)
-    return path
-
-
-def _train_losses(cfg):
-    """loss_mimic (λ·L_m) at every iteration of a real Trainer run, seeded as train_net.py does
-    (default_setup): the same model, batches and flips on every call."""
-    seed_all_rng(cfg.SEED)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    values = []
-    trainer.register_hooks(
-        [
-            hooks.CallbackHook(
-                after_step=lambda t: values.append(t.storage.history("loss_mimic").latest())
-            )
-        ]
-    )
-    trainer.train()
-    model = getattr(trainer.model, "module", trainer.model)
-    return values, model
+    return tiny_mimic_cfg(tmp, config, cache, extra, max_iter, teacher)
 
 
 class TestCodec(unittest.TestCase):
@@ -105,12 +73,12 @@ class TestCachedTraining(unittest.TestCase):
     def test_same_loss_mimic_with_and_without_cache(self):
         for config, exact in ((QM, True), (LI, False)):
             with self.subTest(config=config), tempfile.TemporaryDirectory() as tmp:
-                teacher = _save_teacher(_cfg(tmp, config), os.path.join(tmp, "t.pth"), 3)
-                plain, _ = _train_losses(_cfg(tmp, config, teacher=teacher))
+                teacher = save_random_teacher(_cfg(tmp, config), os.path.join(tmp, "t.pth"), 3)
+                plain, _ = train_losses(_cfg(tmp, config, teacher=teacher))
                 cache = os.path.join(tmp, "cache")
-                cold, model = _train_losses(_cfg(tmp, config, cache, teacher=teacher))
+                cold, model = train_losses(_cfg(tmp, config, cache, teacher=teacher))
                 self.assertGreater(model.teacher_cache.misses, 0)  # lazy fill
-                warm, model = _train_losses(_cfg(tmp, config, cache, teacher=teacher))
+                warm, model = train_losses(_cfg(tmp, config, cache, teacher=teacher))
                 c = model.teacher_cache
                 self.assertEqual((c.misses, c.rejected), (0, 0))  # every map read back
                 self.assertGreater(c.hits, 0)
@@ -123,14 +91,14 @@ class TestCachedTraining(unittest.TestCase):
                         np.testing.assert_allclose(cached, plain, rtol=2e-4)
                         self.assertNotEqual(plain, warm)  # the float16 maps were really used
                 # the uint8 entries of the quantized teacher are a quarter of the float16 ones
-                sizes = [os.path.getsize(p) for p in glob.glob(f"{cache}/entries/*/*.qmt")]
+                sizes = [os.path.getsize(p) for p in glob.glob(f"{cache}/entries/*/*.safetensors")]
                 self.assertGreater(len(sizes), 0)
 
     def test_other_teacher_stride_or_size_refused(self):
         with tempfile.TemporaryDirectory() as tmp:
             cache = os.path.join(tmp, "cache")
-            a = _save_teacher(_cfg(tmp), os.path.join(tmp, "a.pth"), 1)
-            b = _save_teacher(_cfg(tmp), os.path.join(tmp, "b.pth"), 2)
+            a = save_random_teacher(_cfg(tmp), os.path.join(tmp, "a.pth"), 1)
+            b = save_random_teacher(_cfg(tmp), os.path.join(tmp, "b.pth"), 2)
             inputs = random_inputs(_cfg(tmp), sizes=((96, 128),), num_boxes=(2,))
             inputs[0]["file_name"] = "x.png"
 
@@ -153,6 +121,18 @@ class TestCachedTraining(unittest.TestCase):
                 with self.subTest(named=named), self.assertRaisesRegex(TeacherCacheError, named):
                     maps(teacher, extra)
 
+    def test_cache_of_another_format_is_refused_naming_versions(self):
+        from quant_mimic.teacher_cache import FORMAT_VERSION, MANIFEST, TeacherMapCache
+
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _cfg(tmp, cache=os.path.join(tmp, "cache"))
+            model = Trainer.build_model(cfg).train()
+            identity = model.teacher_cache.identity
+            with open(os.path.join(tmp, "cache", MANIFEST), "w") as f:
+                json.dump(dict(identity, format=1), f)  # a cache of the hand-written format 1
+            with self.assertRaisesRegex(TeacherCacheError, f"format 1.*format {FORMAT_VERSION}"):
+                TeacherMapCache(os.path.join(tmp, "cache"), identity)
+
     def test_corrupt_entry_is_recomputed(self):
         with tempfile.TemporaryDirectory() as tmp:
             cfg = _cfg(tmp, cache=os.path.join(tmp, "cache"))
@@ -161,7 +141,7 @@ class TestCachedTraining(unittest.TestCase):
             for k, x in enumerate(inputs):
                 x["file_name"] = f"{k}.png"
             reference = model.teacher_maps(inputs)
-            entries = sorted(glob.glob(os.path.join(tmp, "cache", "entries", "*", "*.qmt")))
+            entries = sorted(glob.glob(os.path.join(tmp, "cache", "entries", "*", "*.safetensors")))
             self.assertEqual(len(entries), 2)
             for path, damage in zip(entries, ("truncate", "flip")):
                 data = open(path, "rb").read()
@@ -199,7 +179,7 @@ class TestCachedTraining(unittest.TestCase):
     def test_two_processes_fill_one_cache(self):
         with tempfile.TemporaryDirectory() as tmp:
             cache = os.path.join(tmp, "cache")
-            teacher = _save_teacher(_cfg(tmp), os.path.join(tmp, "t.pth"), 5)
+            teacher = save_random_teacher(_cfg(tmp), os.path.join(tmp, "t.pth"), 5)
             launch(_fill_worker, 2, dist_url="auto", args=(tmp, cache, teacher))
             cfg = _cfg(tmp, cache=cache, teacher=teacher)
             model = Trainer.build_model(cfg).train()
@@ -230,7 +210,7 @@ class TestCacheTeacherTool(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             generate_data("faces", load_preset("smoke", "faces"), tmp, False)
             qm = os.path.join(CONFIG_DIR, RFCN_QM)
-            teacher = _save_teacher(
+            teacher = save_random_teacher(
                 setup_cfg(qm, ["MODEL.MIMIC.TEACHER.WEIGHTS", "", "MODEL.DEVICE", "cpu"]),
                 os.path.join(tmp, "t.pth"),
                 4,
@@ -244,7 +224,9 @@ class TestCacheTeacherTool(unittest.TestCase):
             self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
             self.assertIn("Teacher cache:", proc.stderr + proc.stdout)  # the progress line
             self.assertRegex(proc.stdout, r"10 entries, [0-9.]+ MiB on disk")  # 5 images x 2 flips
-            self.assertEqual(len(glob.glob(os.path.join(cache, "entries", "*", "*.qmt"))), 10)
+            self.assertEqual(
+                len(glob.glob(os.path.join(cache, "entries", "*", "*.safetensors"))), 10
+            )
 
 
 def _fill_worker(tmp, cache, teacher):
@@ -297,11 +279,13 @@ if __name__ == "__main__":
 
 class TestCacheIdentityUpgrade(unittest.TestCase):
     def test_teacher_mimic_keys_do_not_invalidate_a_cache(self):
-        import json
+        from quant_mimic.teacher_cache import FORMAT_VERSION, TeacherMapCache
 
-        from quant_mimic.teacher_cache import TeacherMapCache
-
-        identity = {"format": 1, "teacher_config": {"MODEL.RESNETS.DEPTH": 18}, "features": ["f"]}
+        identity = {
+            "format": FORMAT_VERSION,
+            "teacher_config": {"MODEL.RESNETS.DEPTH": 18},
+            "features": ["f"],
+        }
         identity.update(quantizer=None, quantized_features=[])
         with tempfile.TemporaryDirectory() as d:
             old = dict(identity, teacher_config={**identity["teacher_config"], "MODEL.MIMIC.X": 1})

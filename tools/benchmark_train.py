@@ -27,9 +27,9 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, get_config
-from quant_mimic.checkpoint import atomic_write_text
+from quant_mimic.fileio import atomic_write_text
+from quant_mimic.teacher_cache_fill import fill_teacher_cache
 from quant_mimic.timing import host_info
-from quant_mimic.teacher_cache import fill_teacher_cache
 
 # Real datasets' training inputs (images × 2 flips) for the projected cache size.
 REAL_SETS = {"WIDER FACE train": 12880, "VOC 07+12 trainval": 16551}
@@ -65,7 +65,7 @@ def projected_sizes(model, cfg) -> dict:
     shapes = model.teacher.backbone.output_shape()
     cache = model.teacher_cache
     per = 0
-    for name in model.teacher_feature_names:
+    for name in model.frozen_teacher.feature_names:
         s = shapes[name]
         stored = 1 if cache.codecs[name].dtype == "uint8" else 2
         per += s.channels * -(-600 // s.stride) * -(-1000 // s.stride) * stored

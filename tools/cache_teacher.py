@@ -19,7 +19,7 @@ from detectron2.utils.logger import setup_logger
 
 from quant_mimic import Trainer, get_config
 from quant_mimic.engine import launch_from_args
-from quant_mimic.teacher_cache import fill_teacher_cache
+from quant_mimic.teacher_cache_fill import fill_teacher_cache
 
 
 def main(args) -> dict:

@@ -27,7 +27,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.visualizer import Visualizer
 
 from quant_mimic import get_config
-from quant_mimic.checkpoint import load_checkpoint_strict
+from quant_mimic.checkpoint import load_student_weights
 from quant_mimic.export import StudentInference, onnx_session, run_onnx
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -50,9 +50,7 @@ def build_runner(cfg, onnx_path: str = ""):
         session = onnx_session(onnx_path)
         return lambda image: run_onnx(session, image)
     model = build_model(cfg).eval()
-    load_checkpoint_strict(
-        model, cfg.MODEL.WEIGHTS, model_name="--config-file", optional_prefixes=("mimic_adapters.",)
-    )
+    load_student_weights(model, cfg.MODEL.WEIGHTS, model_name="--config-file")
     module = StudentInference(model)
 
     def run(image):

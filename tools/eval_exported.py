@@ -39,7 +39,7 @@ def evaluate(weights: str, config_file: str, runtimes, threads: int, opts, tmp: 
     from detectron2.evaluation.testing import flatten_results_dict
 
     from quant_mimic import Trainer, setup_cfg
-    from quant_mimic.checkpoint import load_checkpoint_strict
+    from quant_mimic.checkpoint import load_student_weights
     from quant_mimic.export import (
         ExportedDetector,
         StudentInference,
@@ -53,9 +53,7 @@ def evaluate(weights: str, config_file: str, runtimes, threads: int, opts, tmp: 
         list(opts) + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", tmp, "MODEL.DEVICE", "cpu"],
     )
     model = Trainer.build_model(cfg, load_teacher=False).eval()
-    load_checkpoint_strict(
-        model, weights, what="MODEL.WEIGHTS", optional_prefixes=("mimic_adapters.",)
-    )
+    load_student_weights(model, weights)
     module = StudentInference(model)
     example = torch.rand(len(cfg.MODEL.PIXEL_MEAN), 480, 640) * 255
     path = export_onnx(module, example, os.path.join(tmp, "student.onnx"))

@@ -35,12 +35,13 @@ import torch
 
 __all__ = ["student_state_dict", "main"]
 
-ADAPTER_PREFIX = "mimic_adapters."
 FORMATS = ("pth", "torchscript", "onnx")
 
 
 def student_state_dict(checkpoint: Dict) -> Dict[str, torch.Tensor]:
     """The ``model`` tensors of a detectron2 checkpoint without the mimic adapters."""
+    from quant_mimic.checkpoint import ADAPTER_PREFIX
+
     model = checkpoint.get("model", checkpoint)
     return {k: v for k, v in model.items() if not k.startswith(ADAPTER_PREFIX)}
 
@@ -63,7 +64,7 @@ def _export_pth(parser, weights: str, output: str) -> int:
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
         parser.error(f"{weights} is not a readable torch checkpoint ({type(e).__name__}: {e})")
-    from quant_mimic.checkpoint import atomic_torch_save
+    from quant_mimic.fileio import atomic_torch_save
 
     model = student_state_dict(ckpt)
     atomic_torch_save({"model": model}, output)
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     from detectron2.modeling import build_model
 
     from quant_mimic import get_config
-    from quant_mimic.checkpoint import load_checkpoint_strict
+    from quant_mimic.checkpoint import load_student_weights
     from quant_mimic.export import (
         StudentInference,
         export_onnx,
@@ -147,9 +148,7 @@ def main(argv=None) -> int:
 
     cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
     model = build_model(cfg).eval()
-    load_checkpoint_strict(
-        model, weights, model_name=args.config_file, optional_prefixes=(ADAPTER_PREFIX,)
-    )
+    load_student_weights(model, weights, model_name=args.config_file)
     module = StudentInference(
         model, fold_bn=not args.no_fold_bn, space_to_depth=args.space_to_depth
     )

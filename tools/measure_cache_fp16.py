@@ -11,15 +11,14 @@ difference is the storage error alone; later ones add the drift of two training 
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from quant_mimic.checkpoint import atomic_write_text  # noqa: E402
-
-from tests.test_teacher_cache import _cfg, _save_teacher, _train_losses  # noqa: E402
+from quant_mimic.fileio import atomic_write_text
+from quant_mimic.testing import save_random_teacher as _save_teacher
+from quant_mimic.testing import tiny_mimic_cfg as _cfg
+from quant_mimic.testing import train_losses as _train_losses
 
 CONFIGS = ("Synth/rfcn_VGG-1-32_mimic.yaml", "Synth/faster_rcnn_R18-1-16_C4_mimic.yaml")
 

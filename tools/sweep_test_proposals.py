@@ -13,11 +13,9 @@ test size (e.g. 576, the benchmark's height) is where the pre-NMS count binds.
 
 import argparse
 import json
-import os
-import sys
 import tempfile
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from quant_mimic.fileio import atomic_write_text
 
 
 def main(argv=None):
@@ -31,8 +29,7 @@ def main(argv=None):
     parser.add_argument("--test-sizes", nargs="+", type=int, default=[0, 576])
     parser.add_argument("opts", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO_ROOT)
-    import train_net
+    from quant_mimic import engine
 
     rows = []
     for size in args.test_sizes:
@@ -47,18 +44,17 @@ def main(argv=None):
                     "INPUT.MAX_SIZE_TEST", "10000",
                     "OUTPUT_DIR", out,
                 ]  # fmt: skip
-                a = train_net.build_parser().parse_args(
+                a = engine.build_parser().parse_args(
                     ["--config-file", args.config_file, "--eval-only"] + opts
                 )
-                res = train_net.main(a)
+                res = engine.main(a)
             flat = {f"{t}/{k}": float(v) for t, d in res.items() for k, v in d.items()}
             rows.append(
                 {"pre_nms_topk_test": pre, "post_nms_topk_test": post, "min_size_test": size,
                  "weights": args.weights, "metrics": flat}
             )  # fmt: skip
             print(pre, post, size, flat, flush=True)
-    with open(args.json, "w") as f:
-        json.dump(rows, f, indent=2)
+    atomic_write_text(args.json, json.dumps(rows, indent=2))
     return rows
 
 

@@ -14,9 +14,11 @@ from . import data  # noqa: F401  (registers datasets)
 from .config import add_quantmimic_config
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
 from .engine import Trainer, get_config, setup_cfg
-from .mimic_rcnn import MimicRCNN, mimic_loss
+from .mimic_head import RoIMimicHead, mimic_loss
+from .mimic_rcnn import MimicRCNN
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
 from .rfcn import RFCNROIHeads
+from .teacher import FrozenTeacher
 from .vgg import VGG16, build_divided_vgg_backbone
 
 __version__ = "0.1.0"
@@ -35,5 +37,7 @@ __all__ = [
     "build_divided_vgg_backbone",
     "RFCNROIHeads",
     "MimicRCNN",
+    "RoIMimicHead",
+    "FrozenTeacher",
     "mimic_loss",
 ]

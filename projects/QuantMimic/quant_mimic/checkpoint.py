@@ -20,16 +20,21 @@ from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
 
+from .fileio import atomic_torch_save, atomic_write_text
+
 __all__ = [
+    "ADAPTER_PREFIX",
     "load_checkpoint_strict",
+    "load_student_weights",
     "describe_incompatible",
     "non_finite_tensors",
-    "atomic_torch_save",
-    "atomic_write_text",
     "SafeCheckpointer",
 ]
 
 logger = logging.getLogger(__name__)
+
+# MimicRCNN's adapters r (mimic_head.RoIMimicHead): in a training checkpoint, unused at inference.
+ADAPTER_PREFIX = "mimic_adapters."
 
 
 def describe_incompatible(incompatible, optional_prefixes: Sequence[str] = ()) -> List[str]:
@@ -58,32 +63,6 @@ def non_finite_tensors(state: Dict[str, object]) -> List[str]:
         for k, v in state.items()
         if torch.is_tensor(v) and v.is_floating_point() and not bool(torch.isfinite(v).all())
     ]
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder and a rename: a kill
-    during the write leaves the previous file (or none), never a partial one."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a synced temporary file and a rename: readers see the old
-    file or the whole new one, never a part."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class _RecordingCheckpointer(DetectionCheckpointer):
@@ -123,6 +102,19 @@ def load_checkpoint_strict(
     problems = describe_incompatible(checkpointer.incompatible, optional_prefixes)
     if problems:
         raise RuntimeError(f"{what} {path} does not match {model_name}: " + "; ".join(problems))
+
+
+def load_student_weights(
+    model: nn.Module, path: str, what: str = "MODEL.WEIGHTS", model_name: str = "the config"
+) -> None:
+    """
+    A trained student's weights for inference (evaluation, export, demo), strictly
+    (:func:`load_checkpoint_strict`); MimicRCNN's adapters r, unused at inference, may be absent
+    (an exported ``.pth`` student has none).
+    """
+    load_checkpoint_strict(
+        model, path, what=what, model_name=model_name, optional_prefixes=(ADAPTER_PREFIX,)
+    )
 
 
 class SafeCheckpointer(DetectionCheckpointer):

@@ -52,26 +52,29 @@ def collect_mimic_statistics(
     """
     cfg = setup_cfg(config_file, list(opts) + ["DATALOADER.NUM_WORKERS", "0"])
     model = Trainer.build_model(cfg)  # loads the teacher, strictly
-    assert hasattr(model, "pooled_roi_features"), "collect_mimic_statistics needs a MimicRCNN"
+    assert hasattr(model, "mimic_head"), "collect_mimic_statistics needs a MimicRCNN"
+    head = model.mimic_head
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
     loader = build_detection_test_loader(cfg, cfg.DATASETS.TEST[0])
     pairs: List[torch.Tensor] = []  # (2, entries): f_t and r(f_s), aligned
     ratios: List[torch.Tensor] = []
     kw = dict(
-        quantizer=model.quantizer,
-        quantize_teacher=model.quantize_teacher,
-        quantize_student=model.quantize_student,
+        quantizer=head.quantizer,
+        quantize_teacher=head.quantize_teacher,
+        quantize_student=head.quantize_student,
     )
     num_images = 0
     for inputs in loader:
         images = model.preprocess_image(inputs)
         feature_maps = model.backbone(images.tensor)
         proposals, _ = model.proposal_generator(images, feature_maps, None)
-        boxes = model.mimic_boxes(proposals, None)
-        for f_t, f_s in model.pooled_roi_features(inputs, feature_maps, boxes):
+        boxes = head.mimic_boxes(proposals, None)
+        teacher_maps = model.teacher_maps(inputs)
+        # before Q: the statistics below apply Q themselves, on each side as the loss does
+        for f_t, f_s in head.paired_features(teacher_maps, feature_maps, boxes, False):
             pairs.append(torch.stack([f_t.flatten(), f_s.flatten()]).cpu())
-            ratios.append(roi_mismatch_ratio(f_t, f_s, model.mismatch_threshold, **kw).cpu())
+            ratios.append(roi_mismatch_ratio(f_t, f_s, head.mismatch_threshold, **kw).cpu())
         num_images += len(inputs)
         if max_images and num_images >= max_images:
             break
@@ -79,16 +82,16 @@ def collect_mimic_statistics(
     ratio = torch.cat(ratios) if ratios else torch.zeros(0)
     return {
         "roi_mismatch_ratio": ratio.tolist(),
-        "mismatch_threshold": model.mismatch_threshold,
+        "mismatch_threshold": head.mismatch_threshold,
         "num_rois": int(ratio.numel()),
         "num_images": num_images,
-        "quantizer": dict(model.quantizer),
-        "quantize_teacher": model.quantize_teacher,
-        "quantize_student": model.quantize_student,
+        "quantizer": dict(head.quantizer),
+        "quantize_teacher": head.quantize_teacher,
+        "quantize_student": head.quantize_student,
         "mean_mismatch_ratio": float(ratio.mean()) if ratio.numel() else float("nan"),
         "teacher_percentiles": percentiles(f_t),
         "student_percentiles": percentiles(f_s),
-        "teacher_zero_fraction": zero_fraction(f_t, model.quantizer),
-        "student_zero_fraction": zero_fraction(f_s, model.quantizer),
+        "teacher_zero_fraction": zero_fraction(f_t, head.quantizer),
+        "student_zero_fraction": zero_fraction(f_s, head.quantizer),
         "ste_zero_grad_fraction": ste_zero_grad_fraction(f_t, f_s, **kw),
     }

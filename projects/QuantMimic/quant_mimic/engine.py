@@ -1,34 +1,61 @@
-"""Training entry points: config setup and a ``DefaultTrainer`` for QuantMimic models."""
+"""Training entry points: config setup, a ``DefaultTrainer`` for QuantMimic models, and the
+``train_net.py`` command (:func:`main`).
+
+    python train_net.py --config-file configs/PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml \
+        --num-gpus 8 [KEY VALUE ...]
+    python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
+
+A training run is: the config (:func:`setup_cfg`), then the stride calibration of a quantized
+teacher (ours, :func:`~quant_mimic.stride_calibration.apply_stride_calibration`, an explicit step
+of training, written into the run's ``config.yaml``), detectron2's ``default_setup``, the
+:class:`Trainer`. After training (its final evaluation) or ``--eval-only``, the main process writes
+the flat evaluation results to ``OUTPUT_DIR/final_metrics.json`` (e.g.
+``{"widerface/AP_easy": 71.3}``), which the pipeline reads.
+"""
 
 import ast
 import contextlib
+import json
 import logging
 import os
 
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import (
     MetadataCatalog,
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_setup
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup
 from detectron2.engine import defaults as d2_defaults
 from detectron2.engine import launch as d2_launch
-from detectron2.evaluation import COCOEvaluator
+from detectron2.evaluation import COCOEvaluator, verify_results
+from detectron2.evaluation.testing import flatten_results_dict
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import SafeCheckpointer
+from .checkpoint import SafeCheckpointer, load_student_weights
 from .config import add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
+from .fileio import CONFIGS_DIR, atomic_write_text
 from .stride_calibration import apply_stride_calibration
 from .teacher import pin_teacher, resolve_teacher_config_path
 
-__all__ = ["get_config", "setup_cfg", "launch_from_args", "Trainer"]
+__all__ = [
+    "get_config",
+    "setup_cfg",
+    "launch_from_args",
+    "Trainer",
+    "FINAL_METRICS",
+    "write_final_metrics",
+    "build_parser",
+    "load_eval_weights",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -54,14 +81,16 @@ def _ints_for_float_keys(cfg: CfgNode, opts) -> list:
     return out
 
 
-def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
+def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> CfgNode:
     """
     Build a frozen config from detectron2's defaults, QuantMimic's keys, a yaml file and overrides.
     ``MODEL.DEVICE`` falls back to "cpu" when CUDA is not available.
     ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` becomes an absolute path, resolved like ``_BASE_`` (relative
     to the yaml naming it; to the working directory on the command line). QuantMimic's keys are
     validated (:func:`validate_quantmimic_config`): a bad value is an error naming it.
-    With ``args`` (from ``default_argument_parser``), also runs detectron2's ``default_setup``.
+    With ``args`` (from ``default_argument_parser``), also runs detectron2's ``default_setup``
+    (which writes ``OUTPUT_DIR/config.yaml``); ``before_setup(cfg)`` runs on the mutable config
+    just before it (:func:`main` calibrates the stride there).
     """
     cfg = get_cfg()
     add_quantmimic_config(cfg)
@@ -77,16 +106,13 @@ def setup_cfg(config_file: str = "", opts=(), args=None) -> CfgNode:
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
-    calibration = {}
-    if args is not None and not getattr(args, "eval_only", False):
-        # Ours: s from the teacher's statistics, fixed in the config before default_setup dumps it.
-        calibration = apply_stride_calibration(cfg)
+    done = before_setup(cfg) if before_setup is not None else None
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_mimic")
-        if calibration:
-            logger.info(f"MODEL.QUANTIZATION.STRIDE calibrated (ours): {calibration}")
+        if done:
+            logger.info(done)
     return cfg
 
 
@@ -102,10 +128,6 @@ def launch_from_args(main_fn, args):
         dist_url=args.dist_url,
         args=(args,),
     )
-
-
-# projects/QuantMimic/quant_mimic/engine.py -> <repo>/configs
-CONFIGS_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 3, "configs"))
 
 
 def get_config(config_path: str, opts=()) -> CfgNode:
@@ -231,3 +253,71 @@ class Trainer(DefaultTrainer):
         if evaluator_type == "widerface":
             return WiderFaceEvaluator(dataset_name, output_dir=output_folder)
         raise ValueError(f"Unknown evaluator_type {evaluator_type!r} of dataset {dataset_name!r}")
+
+
+FINAL_METRICS = "final_metrics.json"
+
+
+def write_final_metrics(output_dir: str, results) -> str:
+    """Write ``results`` (detectron2's nested evaluation dict) flattened, atomically."""
+    flat = {k: float(v) for k, v in flatten_results_dict(results or {}).items()}
+    path = os.path.join(output_dir, FINAL_METRICS)
+    atomic_write_text(path, json.dumps(flat, indent=2, sort_keys=True))
+    return path
+
+
+def build_parser():
+    """detectron2's ``default_argument_parser`` plus ``--lenient``."""
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--lenient",
+        action="store_true",
+        help="--eval-only: load MODEL.WEIGHTS as detectron2 does (mismatched or missing tensors "
+        "are skipped with a warning) instead of failing on them",
+    )
+    return parser
+
+
+def load_eval_weights(cfg: CfgNode, model, args) -> None:
+    """
+    ``--eval-only`` weights: ``MODEL.WEIGHTS`` (or, with ``--resume``, the output dir's last
+    checkpoint), loaded strictly (:func:`~quant_mimic.checkpoint.load_student_weights`: empty
+    weights, a file that is not a checkpoint, and missing, unexpected or mis-shaped tensors are
+    errors naming them; ``--lenient``: detectron2's loading).
+    """
+    checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+    if args.lenient:
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return
+    path = cfg.MODEL.WEIGHTS
+    if args.resume and checkpointer.has_checkpoint():
+        path = checkpointer.get_checkpoint_file()
+    load_student_weights(model, path, model_name=args.config_file or "the config")
+
+
+def _calibrate_stride(cfg: CfgNode) -> str:
+    """The training step before set-up: s from the teacher's statistics (ours), fixed in the config
+    before ``default_setup`` writes it."""
+    record = apply_stride_calibration(cfg)
+    return f"MODEL.QUANTIZATION.STRIDE calibrated (ours): {record}" if record else ""
+
+
+def main(args):
+    """``train_net.py``: train (and evaluate) or, with ``--eval-only``, evaluate the student alone
+    (no teacher is loaded); the main process writes ``final_metrics.json``."""
+    before = None if args.eval_only else _calibrate_stride
+    cfg = setup_cfg(args.config_file, args.opts, args=args, before_setup=before)
+    if args.eval_only:
+        model = Trainer.build_model(cfg, load_teacher=False)
+        load_eval_weights(cfg, model, args)
+        res = Trainer.test(cfg, model)
+    else:
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train()
+        # DefaultTrainer.train returns them only with TEST.EXPECTED_RESULTS set.
+        res = getattr(trainer, "_last_eval_results", None)
+    if comm.is_main_process():
+        verify_results(cfg, res)
+        write_final_metrics(cfg.OUTPUT_DIR, res)
+    return res

@@ -81,8 +81,8 @@ def atomic_torch_save(obj, path: str) -> None:
     """``torch.save(obj)`` to ``path`` atomically (:func:`atomic_output`)."""
     import torch
 
-    with atomic_output(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
 
 
 def file_sha256(path: str) -> str:

@@ -13,28 +13,43 @@ order ("L": one grey channel), normalised by ``MODEL.PIXEL_MEAN`` / ``MODEL.PIXE
 
 ``tools/pretrain_backbone.py`` is the command line; the result ``backbone.pth`` holds the detection
 model's own names (``backbone.*``, ``roi_heads.res5.*``) for ``MODEL.WEIGHTS``.
+
+The LR schedule is detectron2's ``WarmupParamScheduler`` over fvcore's ``CosineParamScheduler``
+(:func:`lr_schedule`). The loop itself stays a plain epoch loop, not detectron2's ``TrainerBase``
+with hooks: it is epoch-based (a ``DistributedSampler`` epoch, then top-1/top-5 on the held-out
+split and one metrics line per epoch, a checkpoint per epoch that ``--resume`` continues from),
+its loader skips unreadable images by a collate that counts them, and it runs under
+``torch.autocast`` with a ``GradScaler`` on CUDA; detectron2's iteration-based trainer would keep
+these only through an evaluation hook per epoch, a custom data iterator and an AMP trainer that
+knows no classification loss, as many lines as the loop and less direct to read.
 """
 
 import json
 import logging
-import math
 import os
 import time
 from collections import Counter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
+from fvcore.common.param_scheduler import (
+    CosineParamScheduler,
+    LinearParamScheduler,
+    ParamScheduler,
+)
 from torch import nn
 from torch.nn import functional as F
 
 from detectron2.config import CfgNode
 from detectron2.engine import default_argument_parser
 from detectron2.modeling import build_model
+from detectron2.solver import WarmupParamScheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import atomic_torch_save, atomic_write_text
 from .engine import get_config
+from .fileio import atomic_torch_save, atomic_write_text
+from .timing import fmt_s
 
 __all__ = [
     "PretrainError",
@@ -49,6 +64,7 @@ __all__ = [
     "ImageFolderChecked",
     "build_transforms",
     "param_groups",
+    "lr_schedule",
     "lr_at",
     "detection_weights",
     "check_detection_weights",
@@ -334,12 +350,23 @@ def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     ]
 
 
+def lr_schedule(total: int, warmup: int) -> ParamScheduler:
+    """The LR multiplier over training progress ``step / total`` in [0, 1): a linear warm-up from
+    1/100 over ``warmup`` steps, then cosine to 0 at ``total`` over the steps after the warm-up
+    (detectron2's ``WarmupParamScheduler`` over fvcore's ``CosineParamScheduler``; a warm-up as
+    long as training or longer is the linear part alone)."""
+    if warmup >= total:
+        return LinearParamScheduler(0.01, 0.01 + 0.99 * total / max(1, warmup))
+    return WarmupParamScheduler(
+        CosineParamScheduler(1.0, 0.0), 0.01, warmup / total, "linear", rescale_interval=True
+    )
+
+
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
-    """Linear warm-up from base_lr/100 over ``warmup`` steps, then cosine to 0 at ``total``."""
-    if step < warmup:
-        return base_lr * (0.01 + 0.99 * step / warmup)
-    t = (step - warmup) / max(1, total - warmup)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * min(1.0, t)))
+    """The LR at ``step`` of ``total`` (:func:`lr_schedule`; 0 from ``total`` on)."""
+    if step >= total:
+        return 0.0
+    return base_lr * lr_schedule(total, warmup)(step / max(1, total))
 
 
 def detection_weights(clf: BackboneClassifier, det_model: nn.Module) -> Dict[str, torch.Tensor]:
@@ -439,8 +466,6 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
     Returns:
         dict: the summary (last metrics, images/s, the weights check).
     """
-    from .pipeline.progress import fmt_s  # here: the pipeline package imports this module
-
     classes = check_image_folder(args.data)
     fmt = cfg.INPUT.FORMAT
     if (fmt == "L") != (len(cfg.MODEL.PIXEL_MEAN) == 1):
@@ -480,6 +505,7 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
     val_loader = _loader(val_set, per_proc, args.workers, False, args.seed)
     steps_per_epoch = len(train_loader)
     total, warmup = steps_per_epoch * args.epochs, int(steps_per_epoch * args.warmup_epochs)
+    schedule = lr_schedule(total, warmup)
     optimizer = torch.optim.SGD(
         param_groups(clf, args.weight_decay), lr=args.lr, momentum=0.9, nesterov=False
     )
@@ -521,7 +547,7 @@ def run_pretraining(cfg: CfgNode, args) -> Dict:
         t0, loss_sum, n_sum = time.perf_counter(), 0.0, 0
         for i, (images, labels, skipped) in enumerate(train_loader):
             skipped_total += skipped
-            lr = lr_at(epoch * steps_per_epoch + i, total, warmup, args.lr)
+            lr = args.lr * schedule((epoch * steps_per_epoch + i) / total)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             if images is None:

@@ -29,8 +29,8 @@ import torch
 
 from detectron2.utils import comm
 
-from .checkpoint import atomic_write_text
 from .feature_statistics import percentiles
+from .fileio import atomic_write_text
 
 __all__ = ["stride_from_statistics", "calibrate_stride", "apply_stride_calibration"]
 

@@ -1,4 +1,10 @@
-"""The frozen teacher of mimic learning (paper §3.2-3.3): its config, its Q, and strict loading.
+"""The frozen teacher of mimic learning (paper §3.2-3.3): its config, its Q, strict loading, its
+maps and their cache, and its pin.
+
+* :class:`FrozenTeacher`: the teacher detector frozen (eval mode, no gradient, kept out of the
+  student's state, optimizer and DDP), its weights loaded strictly, and its maps at the mimicked
+  features for a batch, read from or written to the teacher-map cache
+  (:mod:`quant_mimic.teacher_cache`).
 
 * :func:`resolve_teacher_config_path`: ``MODEL.MIMIC.TEACHER.CONFIG_FILE`` is resolved like
   ``_BASE_``: relative to the yaml file that names it (absolute paths and ``scheme://`` paths are
@@ -11,27 +17,25 @@
   an error.
 """
 
-import hashlib
 import json
 import logging
 import os
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 from torch import nn
 
 from detectron2.config import CfgNode, get_cfg
+from detectron2.modeling import GeneralizedRCNN
 
-from .checkpoint import atomic_write_text, load_checkpoint_strict
-from .config import (
-    TEACHER_CONFIG_KEY,
-    add_quantmimic_config,
-    model_zoo_config_file,
-    resolve_teacher_config_path,
-)
+from .checkpoint import load_checkpoint_strict
+from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, resolve_teacher_config_path
+from .fileio import atomic_write_text, file_sha256
 from .quantization import quantize, quantizer_args
+from .teacher_cache import TeacherMapCache, cache_identity, check_cacheable_input, tensor_digest
 
 __all__ = [
+    "FrozenTeacher",
     "resolve_teacher_config_path",
     "build_teacher_cfg",
     "mimic_quantizer_args",
@@ -44,10 +48,9 @@ logger = logging.getLogger(__name__)
 
 
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
-    """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``."""
+    """The teacher's config: detectron2 and QuantMimic defaults + ``MIMIC.TEACHER.CONFIG_FILE``,
+    a path that the config's loading resolved (:func:`resolve_teacher_config_path`)."""
     path = cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE
-    if path and not os.path.isfile(path):
-        path = model_zoo_config_file(path) or path
     if not path or not os.path.isfile(path):
         hint = ""
         if path and not os.path.isabs(path) and "://" not in path:
@@ -139,14 +142,10 @@ def teacher_fingerprint(path: str) -> Dict:
     from detectron2.utils.file_io import PathManager
 
     path = PathManager.get_local_path(path)  # detectron2:// and https:// URLs: the cached file
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
     return {
         "path": os.path.abspath(path),
         "size": os.path.getsize(path),
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
     }
 
 
@@ -187,3 +186,148 @@ def pin_teacher(output_dir: str, weights: str, resume: bool, allow_change: bool 
         f"Teacher pinned: {current['path']} ({current['size']} bytes, sha256 {current['sha256']})"
     )
     return current
+
+
+class FrozenTeacher:
+    """
+    The frozen teacher of §3.2-3.3: a detector built from its own config, loaded strictly
+    (:meth:`load`), in eval mode, without gradients, run under ``no_grad`` and only up to its
+    backbone. It is not an ``nn.Module`` of the student: the model that uses it keeps it out of
+    ``state_dict()`` (never in checkpoints), the optimizer and DDP, keeps it in eval mode and moves
+    it with itself (``MimicRCNN._apply``).
+    """
+
+    def __init__(
+        self,
+        model: GeneralizedRCNN,
+        *,
+        weights: str = "",
+        feature_names: List[str],
+        cache_dir: str = "",
+        cache_identity: Optional[Dict] = None,
+    ):
+        """
+        Args:
+            model (GeneralizedRCNN): the teacher detector (only its backbone runs).
+            weights (str): its checkpoint, loaded by :meth:`load` ("": random, for tests).
+            feature_names (list[str]): the maps of its backbone that are mimicked.
+            cache_dir (str): where its maps are cached in training ("" = off,
+                :mod:`quant_mimic.teacher_cache`).
+            cache_identity (dict): :func:`cache_identity` without the teacher's SHA-256, which is
+                added when the cache is opened (after the teacher is loaded).
+        """
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.weights = weights
+        self.loaded = False
+        self.feature_names = list(feature_names)
+        self.cache_dir = cache_dir
+        self._cache_identity = cache_identity
+        self._cache: Optional[TeacherMapCache] = None
+        self._warned_random = False
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, tcfg: CfgNode, model: GeneralizedRCNN, feature_names):
+        """The frozen ``model`` (built from ``tcfg``) with the student config's
+        ``MODEL.MIMIC.TEACHER`` settings: weights and cache (its augmentations checked)."""
+        t = cfg.MODEL.MIMIC.TEACHER
+        identity = None
+        if t.CACHE_DIR:
+            check_cacheable_input(cfg)
+            identity = cache_identity(cfg, tcfg, model.backbone, feature_names, teacher_sha256="")
+        return cls(
+            model,
+            weights=t.WEIGHTS,
+            feature_names=feature_names,
+            cache_dir=t.CACHE_DIR,
+            cache_identity=identity,
+        )
+
+    def load(self, path: Optional[str] = None) -> None:
+        """Load the teacher's weights (default ``MODEL.MIMIC.TEACHER.WEIGHTS``), strictly."""
+        load_teacher_strict(self.model, path or self.weights)
+        self.loaded = True
+
+    def check_ready(self) -> None:
+        """Before a training step: an unloaded teacher with weights is an error; a teacher without
+        weights (random, for tests) is warned about once."""
+        if self.loaded:
+            return
+        if self.weights:
+            raise RuntimeError(
+                "MimicRCNN is training but its teacher is not loaded: call "
+                "model.load_teacher() (quant_mimic.Trainer.build_model does) or set "
+                "MODEL.MIMIC.TEACHER.WEIGHTS ''"
+            )
+        if not self._warned_random:
+            logger.warning(
+                "MODEL.MIMIC.TEACHER.WEIGHTS is empty: the teacher is randomly initialised"
+            )
+            self._warned_random = True
+
+    @property
+    def cache(self) -> Optional[TeacherMapCache]:
+        """The cache of the teacher's maps (``MODEL.MIMIC.TEACHER.CACHE_DIR``), opened on first
+        use, when the teacher is loaded: its identity includes the teacher checkpoint's SHA-256
+        (of its weights in memory for a random teacher). None when off."""
+        if not self.cache_dir:
+            return None
+        if self._cache is None:
+            if self.loaded and self.weights:
+                sha = teacher_fingerprint(self.weights)["sha256"]
+            else:  # a random teacher (tests): what its weights are, not a file
+                state = self.model.state_dict()
+                sha = "weights:" + tensor_digest(
+                    torch.cat([v.detach().flatten().double().cpu() for v in state.values()])
+                )
+            identity = dict(self._cache_identity, teacher_sha256=sha)
+            forms = 1 if identity["input"]["INPUT.RANDOM_FLIP"] == "none" else 2
+            self._cache = TeacherMapCache(self.cache_dir, identity, forms)
+        return self._cache
+
+    def put_cache_scalars(self, storage) -> None:
+        """``mimic/teacher_cache_hit``: the fraction of maps read from the cache so far."""
+        cache = self._cache
+        if cache is not None and cache.hits + cache.misses:
+            storage.put_scalar("mimic/teacher_cache_hit", cache.hits / (cache.hits + cache.misses))
+
+    def maps(self, batched_inputs, use_cache: bool = True, fill_only: bool = False):
+        """
+        The teacher's maps at the mimicked features for a batch, computed as the student's are: on
+        the batch padded to one size (detectron2's ``ImageList``). With ``use_cache`` (training)
+        and ``MODEL.MIMIC.TEACHER.CACHE_DIR`` set, each image's map in that padded layout is read
+        from the cache when every image of the batch has one (an entry is keyed by the image, its
+        size and the padded size, so it is exactly what the teacher would compute here);
+        otherwise the teacher runs on the batch and the missing entries are written.
+
+        Args:
+            batched_inputs (list[dict]): the model inputs.
+            use_cache (bool): read and fill the cache (when one is configured).
+            fill_only (bool): only fill the cache; return the number of maps computed.
+
+        Returns:
+            dict[str->Tensor]: {teacher feature name: (N, C, H', W')}, without grad.
+        """
+        cache = self.cache if use_cache else None
+        images = self.model.preprocess_image(batched_inputs)
+        padded = tuple(images.tensor.shape[-2:])
+        names = self.feature_names
+        entries, stored = [], [None] * len(batched_inputs)
+        if cache is not None:
+            entries = [
+                cache.entry(x.get("file_name", ""), x["image"], padded) for x in batched_inputs
+            ]
+            stored = [cache.get(e) for e in entries]
+        if all(m is not None for m in stored):
+            if fill_only:
+                return 0
+            return {n: torch.stack([m[n] for m in stored]).to(self.model.device) for n in names}
+        with torch.no_grad():
+            feats = self.model.backbone(images.tensor)
+        maps = {n: feats[n] for n in names}
+        for j, (e, m) in enumerate(zip(entries, stored)):
+            if m is None:
+                cache.put(e, {n: maps[n][j] for n in names})
+        return sum(m is None for m in stored) if fill_only else maps

@@ -19,9 +19,13 @@ about a scratch step.
   only for batches padded the same way: always, with one image per batch (the paper's one image
   per GPU) or images of one size (the synthetic benchmarks); with mixed sizes several images a
   batch, each padding an image meets is an entry of its own (more misses, never a wrong map).
-  Each file holds a JSON header (key, shapes, dtypes, CRC-32 of every map) and the raw maps, and
-  is read memory-mapped
-  (``numpy.memmap``): ranks read entries on demand, never the whole cache. Writes go to a temporary
+  Each file is a safetensors file (format 2): its JSON header holds the maps' shapes, dtypes and
+  offsets and, as metadata, the entry's key and a CRC-32 of every map; it is read memory-mapped
+  (``safe_open``): ranks read entries on demand, never the whole cache. Format 1 (a hand-written
+  header of the same content) was replaced after a side-by-side measurement
+  (``tools/measure_cache_format.py``, docs/TEACHER_CACHE.md): the same bytes on disk, faster
+  reads, a format other tools read, and no layout code of our own; a cache of another format is
+  refused, naming both versions. Writes go to a temporary
   file renamed into place (atomic): a run killed while filling leaves no entry that reads back
   wrong, and two ranks writing the same entry write the same bytes. An entry whose header, size or
   CRC does not check out is treated as missing: recomputed and rewritten.
@@ -29,6 +33,9 @@ about a scratch step.
   SHA-256 (the teacher pin), the teacher's ``MODEL`` config, its quantizer and quantized maps, the
   mimicked maps, the input format and the size rules of training. Opening a cache with anything
   else is an error naming every difference.
+* **Filling.** Training fills the cache lazily; ``tools/cache_teacher.py`` fills it ahead for a
+  dataset (:func:`quant_mimic.teacher_cache_fill.fill_teacher_cache`, which runs the trainer's
+  model over it: this module is the file format only, below the model and the trainer).
 * **Augmentation.** Several training scales (``INPUT.MIN_SIZE_TRAIN`` with more than one value, or
   ``MIN_SIZE_TRAIN_SAMPLING`` "range") and random crops (``INPUT.CROP.ENABLED``) are refused at
   start-up; any other augmentation that changes the input from epoch to epoch (colour jitter in a
@@ -39,15 +46,17 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
-import time
 import zlib
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save as safetensors_bytes
 
 from detectron2.config import CfgNode
+
+from .fileio import atomic_write_bytes
 
 __all__ = [
     "TeacherCacheError",
@@ -55,14 +64,15 @@ __all__ = [
     "MapCodec",
     "cache_identity",
     "check_cacheable_input",
-    "fill_teacher_cache",
+    "tensor_digest",
 ]
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"QMTC\x01"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+# 1: a hand-written header + raw maps (.qmt); 2: safetensors entries (tools/measure_cache_format.py)
+FORMAT_VERSION = 2
+ENTRY_SUFFIX = ".safetensors"
 FLOAT16_MAX = 65504.0
 
 
@@ -236,22 +246,6 @@ class MapCodec:
         return torch.where(k > 0, level, torch.zeros_like(k)) * s
 
 
-def _atomic_write_bytes(path: str, chunks: Sequence[bytes]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for c in chunks:
-                f.write(c)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def tensor_digest(image: torch.Tensor) -> str:
     """BLAKE2b of a tensor (dtype, shape and bytes): a model input or a random teacher's weights."""
     t = image.detach().cpu().contiguous()
@@ -297,12 +291,19 @@ class TeacherMapCache:
         if not os.path.isfile(path):
             os.makedirs(self.root, exist_ok=True)
             text = json.dumps(self.identity, indent=2, sort_keys=True) + "\n"
-            _atomic_write_bytes(path, [text.encode()])  # two ranks write the same bytes
+            atomic_write_bytes(path, text.encode())  # two ranks write the same bytes
         with open(path) as f:
             try:
                 old = json.load(f)
             except json.JSONDecodeError as e:
                 raise TeacherCacheError(f"{path} is not a teacher-cache manifest: {e}") from e
+        if old.get("format") != FORMAT_VERSION:
+            raise TeacherCacheError(
+                f"The teacher cache {self.root} holds entry format {old.get('format')!r}; this "
+                f"version reads format {FORMAT_VERSION} (safetensors entries). Delete the folder "
+                "(it refills while training, or with tools/cache_teacher.py) or point "
+                "MODEL.MIMIC.TEACHER.CACHE_DIR at another one."
+            )
         if isinstance(old.get("teacher_config"), dict):  # manifests written with MIMIC keys
             old["teacher_config"] = _maps_config(old["teacher_config"])
         diff = _differences(old, self.identity)
@@ -322,7 +323,8 @@ class TeacherMapCache:
         key = f"{file_name}|{h}x{w}|padded {ph}x{pw}|{tensor_digest(image)}"
         name = hashlib.sha1(key.encode()).hexdigest()
         self._check_forms(file_name, (h, w, ph, pw), key)
-        return Entry(key, os.path.join(self.root, "entries", name[:2], name + ".qmt"), file_name)
+        path = os.path.join(self.root, "entries", name[:2], name + ENTRY_SUFFIX)
+        return Entry(key, path, file_name)
 
     def _check_forms(self, file_name: str, size: tuple, key: str) -> None:
         # the same file, size and padding: only the flips may differ
@@ -350,28 +352,19 @@ class TeacherMapCache:
         if not os.path.isfile(path):
             return None
         try:
-            mm = np.memmap(path, dtype=np.uint8, mode="r")
-            if bytes(mm[: len(MAGIC)]) != MAGIC:
-                raise ValueError("bad magic")
-            n = int(np.frombuffer(bytes(mm[len(MAGIC) : len(MAGIC) + 4]), dtype="<u4")[0])
-            start = len(MAGIC) + 4
-            header = json.loads(bytes(mm[start : start + n]).decode())
-            if header.get("key") != key:
-                raise ValueError("another key")
-            maps = {}
-            for f in header["maps"]:
-                end = f["offset"] + f["nbytes"]
-                if end > mm.shape[0]:
-                    raise ValueError("truncated")
-                raw = mm[f["offset"] : end]
-                if zlib.crc32(raw) != f["crc32"]:
-                    raise ValueError("CRC mismatch")
-                arr = np.frombuffer(raw, dtype=f["dtype"]).reshape(f["shape"])
-                maps[f["name"]] = self.codecs[f["name"]].decode(arr)
-            if set(maps) != set(self.codecs):
-                raise ValueError("maps missing")
+            with safe_open(path, framework="numpy") as f:  # memory-mapped
+                meta = f.metadata() or {}
+                if meta.get("key") != key:
+                    raise ValueError("another key")
+                crcs = json.loads(meta["crc32"])
+                maps = {}
+                for name, codec in self.codecs.items():
+                    arr = f.get_tensor(name)
+                    if zlib.crc32(arr) != crcs[name]:
+                        raise ValueError("CRC mismatch")
+                    maps[name] = codec.decode(arr)
             return maps
-        except (ValueError, KeyError, TypeError, IndexError, OSError, UnicodeDecodeError) as e:
+        except (SafetensorError, ValueError, KeyError, TypeError, OSError) as e:
             self.rejected += 1
             logger.warning(f"Teacher cache entry {path} is unreadable ({e}): recomputed")
             return None
@@ -379,106 +372,20 @@ class TeacherMapCache:
     def put(self, entry: Entry, maps: Dict[str, torch.Tensor]) -> None:
         """Store the maps {name: (C, H', W')} of an :meth:`entry` (atomic)."""
         key, path, file_name = entry
-        blobs, meta = [], []
-        for name in self.identity["features"]:
-            arr = np.ascontiguousarray(self.codecs[name].encode(maps[name], name))
-            blobs.append(arr.tobytes())
-            meta.append(
-                {
-                    "name": name,
-                    "dtype": str(arr.dtype),
-                    "shape": list(arr.shape),
-                    "nbytes": arr.nbytes,
-                    "crc32": zlib.crc32(blobs[-1]),
-                }
-            )
-        header = {"key": key, "file_name": file_name, "maps": meta}
-
-        def layout(base: int) -> None:
-            for m in meta:
-                m["offset"] = base
-                base += -(-m["nbytes"] // 64) * 64
-
-        layout(10**12)  # the longest offsets: a bound on the header's length
-        base = -(-(len(MAGIC) + 4 + len(json.dumps(header).encode())) // 64) * 64
-        layout(base)
-        text = json.dumps(header).encode()
-        chunks = [MAGIC, np.array([len(text)], dtype="<u4").tobytes(), text]
-        pos = len(MAGIC) + 4 + len(text)
-        for m, b in zip(meta, blobs):
-            chunks += [b"\0" * (m["offset"] - pos), b]
-            pos = m["offset"] + len(b)
-        _atomic_write_bytes(path, chunks)
+        arrays = {
+            name: np.ascontiguousarray(self.codecs[name].encode(maps[name], name))
+            for name in self.identity["features"]
+        }
+        crcs = {name: zlib.crc32(arr) for name, arr in arrays.items()}
+        meta = {"key": key, "file_name": file_name, "crc32": json.dumps(crcs)}
+        atomic_write_bytes(path, safetensors_bytes(arrays, metadata=meta))
 
     def size_on_disk(self) -> tuple:
         """(number of entries, bytes) of the cache."""
         count = total = 0
         for d, _, files in os.walk(os.path.join(self.root, "entries")):
             for f in files:
-                if f.endswith(".qmt"):
+                if f.endswith(ENTRY_SUFFIX):
                     count += 1
                     total += os.path.getsize(os.path.join(d, f))
         return count, total
-
-
-def fill_teacher_cache(cfg: CfgNode, model=None, log_every: int = 50) -> Dict:
-    """
-    Pre-fill ``MODEL.MIMIC.TEACHER.CACHE_DIR`` for ``DATASETS.TRAIN`` (every image as read and,
-    with ``INPUT.RANDOM_FLIP``, flipped), on this rank's share of the images, each image alone
-    (padded to the teacher's size divisibility): the entries that training reads with one image
-    per batch (the paper: one per GPU) or with images of one size (the synthetic benchmarks).
-
-    Args:
-        cfg: the MimicRCNN config (frozen or not).
-        model: the MimicRCNN with its teacher loaded (default: built from ``cfg``).
-
-    Returns:
-        dict: ``images``, ``inputs``, ``computed``, ``entries``, ``bytes``, ``seconds``.
-    """
-    from detectron2.data import detection_utils as utils
-    from detectron2.data import get_detection_dataset_dicts
-    from detectron2.data import transforms as T
-    from detectron2.utils import comm
-
-    from .data import NamedErrorDatasetMapper
-    from .engine import Trainer
-
-    if model is None:
-        model = Trainer.build_model(cfg)
-    model.train()  # the cache is used (and filled) in training
-    dicts = get_detection_dataset_dicts(
-        cfg.DATASETS.TRAIN,
-        filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-        min_keypoints=0,
-        proposal_files=None,
-    )
-    dicts = dicts[comm.get_rank() :: comm.get_world_size()]
-    mapper = NamedErrorDatasetMapper(cfg, True)
-    resize = utils.build_augmentation(cfg, True)[0]  # ResizeShortestEdge, one scale
-    flips = [None]
-    if cfg.INPUT.RANDOM_FLIP != "none":
-        horizontal = cfg.INPUT.RANDOM_FLIP == "horizontal"
-        flips.append(T.RandomFlip(prob=1.0, horizontal=horizontal, vertical=not horizontal))
-    start, done, computed = time.time(), 0, 0
-    for k, d in enumerate(dicts, 1):
-        for flip in flips:
-            mapper.augmentations = T.AugmentationList([resize] + ([flip] if flip else []))
-            inp = mapper(dict(d))
-            computed += model.teacher_maps([inp], fill_only=True)
-            done += 1
-        if k % log_every == 0 or k == len(dicts):
-            el = time.time() - start
-            eta = el / k * (len(dicts) - k)
-            logger.info(
-                f"Teacher cache: {k}/{len(dicts)} images ({done} inputs, {computed} computed), "
-                f"{el:.0f} s, ETA {eta:.0f} s"
-            )
-    entries, size = model.teacher_cache.size_on_disk()
-    return {
-        "images": len(dicts),
-        "inputs": done,
-        "computed": computed,
-        "entries": entries,
-        "bytes": size,
-        "seconds": round(time.time() - start, 1),
-    }

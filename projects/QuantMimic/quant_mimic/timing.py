@@ -10,7 +10,7 @@ from typing import Callable, Dict
 
 import torch
 
-__all__ = ["ISA_FLAGS", "host_info", "median_ms"]
+__all__ = ["ISA_FLAGS", "host_info", "median_ms", "fmt_s"]
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "amx_tile")
 
@@ -64,3 +64,9 @@ def median_ms(fn: Callable, runs: int, warmup: int, cuda: bool = False) -> float
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
+
+
+def fmt_s(s: float) -> str:
+    """Seconds as H:MM:SS."""
+    s = int(round(s))
+    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -30,6 +30,7 @@ import scipy.io
 
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import DatasetEvaluator
+from detectron2.evaluation.pascal_voc_evaluation import voc_ap
 from detectron2.utils import comm
 
 __all__ = [
@@ -215,15 +216,6 @@ def _image_eval(pred: np.ndarray, gt: np.ndarray, kept: np.ndarray, iou_thresh: 
     return pred_recall, counts
 
 
-def _voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
-    mrec = np.concatenate(([0.0], recall, [1.0]))
-    mpre = np.concatenate(([0.0], precision, [0.0]))
-    for i in range(len(mpre) - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    idx = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[idx + 1] - mrec[idx]) * mpre[idx + 1]))
-
-
 def _check_predictions(preds: Predictions, gts, gt_dir: str, allow_missing: bool) -> None:
     """The scoring contract: finite ``x y w h score`` rows, only images of the ground truth, and
     (unless ``allow_missing``) every image of it."""
@@ -316,7 +308,8 @@ def evaluate_widerface(
             pr[valid, 1] += pred_recall[last[valid]]
         precision = np.divide(pr[:, 1], pr[:, 0], out=np.zeros(thresh_num), where=pr[:, 0] > 0)
         recall = pr[:, 1] / num_faces if num_faces else np.zeros(thresh_num)
-        results[subset] = _voc_ap(recall, precision)
+        # the official protocol's AP: area under the precision envelope (VOC 2010+)
+        results[subset] = float(voc_ap(recall, precision, use_07_metric=False))
     return results
 
 

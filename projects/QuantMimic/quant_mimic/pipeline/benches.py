@@ -3,10 +3,10 @@
 import os
 from typing import Optional, Tuple
 
+from ..fileio import CONFIGS_DIR
+
 __all__ = [
-    "REPO_ROOT",
     "PRESET_DIR",
-    "TRAIN_NET",
     "STAGES",
     "OPTIONAL_STAGES",
     "DEFAULT_STAGES",
@@ -24,10 +24,7 @@ __all__ = [
     "cls_data_root",
 ]
 
-# projects/QuantMimic/quant_mimic/pipeline/benches.py -> the repository (editable install).
-REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), *[os.pardir] * 4))
-TRAIN_NET = os.path.join(REPO_ROOT, "train_net.py")
-PRESET_DIR = os.path.join(REPO_ROOT, "configs", "Synth", "presets")
+PRESET_DIR = os.path.join(CONFIGS_DIR, "Synth", "presets")
 
 STAGES = (
     "data",
@@ -122,7 +119,7 @@ BENCHES["voc_fpn"] = {
 
 def config_file(bench: str, stage: str) -> str:
     """The absolute path of the config that trains ``stage`` on ``bench`` (configs/Synth)."""
-    return os.path.join(REPO_ROOT, "configs", "Synth", BENCHES[bench]["configs"][stage])
+    return os.path.join(CONFIGS_DIR, "Synth", BENCHES[bench]["configs"][stage])
 
 
 def data_root(bench: str, out: str) -> str:

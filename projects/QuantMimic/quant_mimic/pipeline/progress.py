@@ -14,18 +14,13 @@ import os
 import statistics
 from typing import Dict, List, Optional, Tuple
 
+from ..timing import fmt_s
 from .benches import STUDENT_TEACHER, TEACHER_STAGES
 
 __all__ = ["fmt_s", "rate_kind", "logged_rate", "Progress"]
 
 # A kind whose rate, while unmeasured, is bounded below by another kind's.
 _LOWER_BOUND = {"mimic student": "student"}
-
-
-def fmt_s(s: float) -> str:
-    """Seconds as H:MM:SS."""
-    s = int(round(s))
-    return f"{s // 3600:d}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def rate_kind(stage: str) -> str:

@@ -13,13 +13,13 @@ import json
 import os
 from typing import Dict, List, Optional
 
-from .benches import REPO_ROOT, STAGES, TEACHER_STAGES, config_file
+from ..fileio import REPO_ROOT, atomic_write_text
+from .benches import STAGES, TEACHER_STAGES, config_file
 
 __all__ = [
     "FINAL_METRICS",
     "DIVERGED",
     "read_json",
-    "write_atomic",
     "is_done",
     "make_record",
     "diverged_record",
@@ -28,13 +28,12 @@ __all__ = [
     "last_iteration",
     "load_records",
     "sorted_records",
-    "file_sha256",
     "stage_init",
     "check_stage_init",
     "init_record",
 ]
 
-FINAL_METRICS = "final_metrics.json"  # written by train_net.py into OUTPUT_DIR
+FINAL_METRICS = "final_metrics.json"  # written by quant_mimic.engine.main into OUTPUT_DIR
 INIT_FILE = "init.json"  # how a stage run started (random / pretrained + SHA-256), pipeline-written
 DIVERGED = "DIVERGED"  # marker file in a stage folder whose training went to Inf/NaN
 
@@ -42,14 +41,6 @@ DIVERGED = "DIVERGED"  # marker file in a stage folder whose training went to In
 def read_json(path: str):
     with open(path) as f:
         return json.load(f)
-
-
-def write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename (never half-written)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def is_done(d: str) -> bool:
@@ -65,13 +56,6 @@ def _calibration_record(d: str) -> Dict:
     rec = read_json(path)
     keys = ("stride", "percentile", "levels", "percentile_value", "num_images")
     return {"stride_calibration": {k: rec[k] for k in keys if k in rec}}
-
-
-def file_sha256(path: str) -> str:
-    """SHA-256 of a file (the teacher pin's fingerprint)."""
-    from ..teacher import teacher_fingerprint
-
-    return teacher_fingerprint(path)["sha256"]
 
 
 def stage_init(args, stage: str) -> Dict:
@@ -101,7 +85,7 @@ def check_stage_init(args, stage: str, d: str) -> None:
             raise RuntimeError(f"{d} started from random weights, this run asks {want}")
         return
     os.makedirs(d, exist_ok=True)
-    write_atomic(path, json.dumps(want) + "\n")
+    atomic_write_text(path, json.dumps(want) + "\n")
 
 
 def init_record(d: str) -> Dict:
@@ -165,7 +149,7 @@ def diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
     marker = os.path.join(d, DIVERGED)
     if error is not None:
         os.makedirs(d, exist_ok=True)
-        write_atomic(marker, divergence_message(error) + "\n")
+        atomic_write_text(marker, divergence_message(error) + "\n")
     message = open(marker).read().strip() if os.path.isfile(marker) else ""
     record = make_record(args, stage, seed, iters, None, device, d, metrics={})
     return dict(record, diverged=True, diverged_at_iter=last_iteration(d), error=message)

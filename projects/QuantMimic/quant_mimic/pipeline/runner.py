@@ -8,12 +8,12 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
+from ..fileio import atomic_write_text, file_sha256
 from .benches import (
     BENCHES,
     FIG5_STAGES,
     PRETRAIN_STAGE,
     TEACHER_STAGES,
-    TRAIN_NET,
     config_file,
     data_root,
     pretrain_dir,
@@ -36,7 +36,6 @@ from .records import (
     DIVERGED,
     check_stage_init,
     diverged_record,
-    file_sha256,
     init_record,
     is_divergence,
     is_done,
@@ -44,21 +43,10 @@ from .records import (
     load_records,
     make_record,
     sorted_records,
-    write_atomic,
 )
 from .tables import results_markdown
 
 __all__ = ["train_stage", "run", "save_results", "mismatch_pass", "device_name"]
-
-
-def _train_net():
-    """The repository's train_net.py as a module (one training code path for every stage)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("quant_mimic_train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _StageLogs:
@@ -84,13 +72,12 @@ class _StageLogs:
 
 def train_stage(cfg_file: str, opts: List[str], num_gpus: int) -> None:
     """``train_net.py --config-file CFG --resume --num-gpus N OPTS`` through detectron2's launch."""
-    from ..engine import launch_from_args
+    from ..engine import build_parser, launch_from_args, main
 
-    train_net = _train_net()
     argv = ["--config-file", cfg_file, "--num-gpus", str(num_gpus), "--resume"] + list(opts)
-    args = train_net.build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     with _StageLogs():
-        launch_from_args(train_net.main, args)
+        launch_from_args(main, args)
 
 
 def pretrain_stage(bench: str, preset: Dict, out: str, num_gpus: int, force: bool) -> str:
@@ -159,8 +146,8 @@ def device_name(num_gpus: int) -> str:
 def save_results(out: str, bench: str, records: List[Dict]) -> None:
     """results.json, results.md and results.png of ``records``."""
     dumped = sorted_records(records)
-    write_atomic(os.path.join(out, "results.json"), json.dumps(dumped, indent=2) + "\n")
-    write_atomic(os.path.join(out, "results.md"), results_markdown(bench, dumped))
+    atomic_write_text(os.path.join(out, "results.json"), json.dumps(dumped, indent=2) + "\n")
+    atomic_write_text(os.path.join(out, "results.md"), results_markdown(bench, dumped))
     plot_results(bench, dumped, os.path.join(out, "results.png"))
 
 
@@ -196,7 +183,7 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
     if ratios:
         plot_mismatch(ratios, threshold, os.path.join(out, "mismatch.png"))
     if summary:
-        write_atomic(
+        atomic_write_text(
             os.path.join(out, "mimic_statistics.json"), json.dumps(summary, indent=2) + "\n"
         )
 
