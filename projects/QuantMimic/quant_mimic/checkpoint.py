@@ -48,7 +48,12 @@ def describe_incompatible(incompatible, optional_prefixes: Sequence[str] = ()) -
                 for k, a, b in incompatible.incorrect_shapes
             )
         )
-    missing = [k for k in incompatible.missing_keys if not k.startswith(tuple(optional_prefixes))]
+    misshaped = {k for k, _, _ in incompatible.incorrect_shapes}  # fvcore lists them as missing too
+    missing = [
+        k
+        for k in incompatible.missing_keys
+        if not k.startswith(tuple(optional_prefixes)) and k not in misshaped
+    ]
     if missing:
         problems.append(f"missing in file: {sorted(missing)}")
     if incompatible.unexpected_keys:

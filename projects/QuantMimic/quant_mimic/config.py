@@ -118,6 +118,16 @@ def add_quantmimic_config(cfg: CN) -> None:
         object.__setattr__(cfg, "__class__", _QuantMimicCfgNode)
 
     # ---------------------------------------------------------------------------------------------
+    # Your data (ours; data/data_file.py, docs/YOUR_DATA.md)
+    # ---------------------------------------------------------------------------------------------
+    # A data file (YAML: names, train, val; COCO json, VOC xml or WIDER FACE sets), absolute once
+    # set up ("" = none: DATASETS.TRAIN / TEST name registered datasets). When set, set-up registers
+    # its sets, sets DATASETS.TRAIN / TEST to them and every head's class count (C, e.g.
+    # MODEL.ROI_HEADS.NUM_CLASSES) to its names; a run's config.yaml keeps it, so evaluation,
+    # export and the demo of that run need nothing more. `--data FILE` on the command line sets it.
+    _C.DATASETS.DATA_FILE = ""
+
+    # ---------------------------------------------------------------------------------------------
     # Channel-divided ResNet (build_divided_resnet_backbone, divided_resnet.py)
     # ---------------------------------------------------------------------------------------------
     # n of "ResNet18-1-n" (paper §4.2, Table 7): every conv width of the stem and of res2..res5 (and

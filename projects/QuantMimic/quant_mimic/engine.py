@@ -38,8 +38,9 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import SafeCheckpointer, load_student_weights
-from .config import add_quantmimic_config, validate_quantmimic_config
+from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
+from .data.data_file import apply_data_file, check_num_classes, data_opts
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
 from .fileio import CONFIGS_DIR, atomic_write_text
 from .stride_calibration import apply_stride_calibration
@@ -102,18 +103,48 @@ def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> C
     teacher_cfg = resolve_teacher_config_path("", opts)
     if teacher_cfg is not None:
         cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg
+    notes = [teacher_config_from_run(cfg, opts), data_note(apply_data_file(cfg))]
     validate_quantmimic_config(cfg)
+    check_num_classes(cfg)
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
-    done = before_setup(cfg) if before_setup is not None else None
+    notes.append(before_setup(cfg) if before_setup is not None else None)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
         setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="quant_mimic")
-        if done:
-            logger.info(done)
+    for note in filter(None, notes):
+        logger.info(note)
     return cfg
+
+
+def data_note(registered) -> str:
+    """The log line of a data file's registration."""
+    if registered is None:
+        return ""
+    return (
+        f"Data file: {len(registered.names)} classes {registered.names}; DATASETS.TRAIN "
+        f"{tuple(registered.train)}, DATASETS.TEST ({registered.val!r},); every NUM_CLASSES set"
+    )
+
+
+def teacher_config_from_run(cfg: CfgNode, opts=()) -> str:
+    """
+    When ``MODEL.MIMIC.TEACHER.WEIGHTS`` lies in a run directory that holds the ``config.yaml``
+    it was trained with, and the command line names no ``MODEL.MIMIC.TEACHER.CONFIG_FILE``, that
+    ``config.yaml`` builds the teacher (what was trained is what is loaded: its class count, its
+    calibrated stride, any override of its run). Returns the log line ("" when the rule did not
+    apply).
+    """
+    weights = cfg.MODEL.MIMIC.TEACHER.WEIGHTS
+    if not weights or "://" in weights or TEACHER_CONFIG_KEY in list(opts)[::2]:
+        return ""
+    run_config = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.yaml")
+    if not os.path.isfile(run_config):
+        return ""
+    cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = run_config
+    return f"Teacher built from {run_config}, the config its weights {weights} were trained with"
 
 
 def launch_from_args(main_fn, args):
@@ -267,8 +298,15 @@ def write_final_metrics(output_dir: str, results) -> str:
 
 
 def build_parser():
-    """detectron2's ``default_argument_parser`` plus ``--lenient``."""
+    """detectron2's ``default_argument_parser`` plus ``--data`` and ``--lenient``."""
     parser = default_argument_parser()
+    parser.add_argument(
+        "--data",
+        default="",
+        metavar="FILE",
+        help="a data file describing your train and val sets (COCO json, VOC xml, WIDER FACE) and "
+        "classes: sets DATASETS.* and every NUM_CLASSES (docs/YOUR_DATA.md)",
+    )
     parser.add_argument(
         "--lenient",
         action="store_true",
@@ -306,7 +344,8 @@ def main(args):
     """``train_net.py``: train (and evaluate) or, with ``--eval-only``, evaluate the student alone
     (no teacher is loaded); the main process writes ``final_metrics.json``."""
     before = None if args.eval_only else _calibrate_stride
-    cfg = setup_cfg(args.config_file, args.opts, args=args, before_setup=before)
+    opts = list(args.opts) + data_opts(getattr(args, "data", ""))
+    cfg = setup_cfg(args.config_file, opts, args=args, before_setup=before)
     if args.eval_only:
         model = Trainer.build_model(cfg, load_teacher=False)
         load_eval_weights(cfg, model, args)

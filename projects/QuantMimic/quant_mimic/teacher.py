@@ -67,8 +67,22 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     tcfg.merge_from_file(path)
     tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
     tcfg.MODEL.WEIGHTS = ""
+    if cfg.DATASETS.DATA_FILE and not tcfg.DATASETS.DATA_FILE and not _is_model_zoo(path):
+        # a teacher config of this project, not a run's config.yaml (it has the classes it was
+        # trained with) nor a model-zoo one: the student's data names the classes of both
+        from .data.data_file import num_classes, set_num_classes
+
+        set_num_classes(tcfg, num_classes(cfg))
     tcfg.freeze()
     return tcfg
+
+
+def _is_model_zoo(path: str) -> bool:
+    """Whether ``path`` is one of detectron2's installed model-zoo configs."""
+    import detectron2
+
+    zoo = os.path.join(os.path.dirname(detectron2.__file__), "model_zoo")
+    return os.path.abspath(path).startswith(zoo + os.sep)
 
 
 def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
@@ -120,17 +134,29 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
     return args
 
 
-def load_teacher_strict(teacher: nn.Module, path: str) -> None:
+def load_teacher_strict(teacher: nn.Module, path: str, config_file: str = "") -> None:
     """
     Load ``MODEL.MIMIC.TEACHER.WEIGHTS`` into the teacher; any missing, unexpected or mis-shaped
-    tensor is an error naming the file and the keys (see :func:`load_checkpoint_strict`).
+    tensor is an error naming the file, the config the teacher was built from, the keys (once)
+    and the fix (see :func:`load_checkpoint_strict`).
     """
-    load_checkpoint_strict(
-        teacher,
-        path,
-        what="Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS",
-        model_name="MODEL.MIMIC.TEACHER.CONFIG_FILE",
-    )
+    built_from = f"the teacher built from {config_file or 'MODEL.MIMIC.TEACHER.CONFIG_FILE'}"
+    try:
+        load_checkpoint_strict(
+            teacher,
+            path,
+            what="Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS",
+            model_name=built_from,
+        )
+    except RuntimeError as e:
+        if "does not match" not in str(e):
+            raise
+        raise RuntimeError(
+            f"{e}. Fix: build the teacher from the config its weights were trained with: set "
+            f"{TEACHER_CONFIG_KEY} to that run's config.yaml (used without asking when it lies "
+            "beside MODEL.MIMIC.TEACHER.WEIGHTS and the command line names no teacher config), "
+            "or train the teacher with this config"
+        ) from None
     logger.info(f"Loaded teacher weights from {path}")
 
 
@@ -205,6 +231,7 @@ class FrozenTeacher:
         feature_names: List[str],
         cache_dir: str = "",
         cache_identity: Optional[Dict] = None,
+        config_file: str = "",
     ):
         """
         Args:
@@ -215,8 +242,10 @@ class FrozenTeacher:
                 :mod:`quant_mimic.teacher_cache`).
             cache_identity (dict): :func:`cache_identity` without the teacher's SHA-256, which is
                 added when the cache is opened (after the teacher is loaded).
+            config_file (str): the config it was built from (named in errors).
         """
         model.eval()
+        self.config_file = config_file
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
@@ -243,11 +272,12 @@ class FrozenTeacher:
             feature_names=feature_names,
             cache_dir=t.CACHE_DIR,
             cache_identity=identity,
+            config_file=t.CONFIG_FILE,
         )
 
     def load(self, path: Optional[str] = None) -> None:
         """Load the teacher's weights (default ``MODEL.MIMIC.TEACHER.WEIGHTS``), strictly."""
-        load_teacher_strict(self.model, path or self.weights)
+        load_teacher_strict(self.model, path or self.weights, self.config_file)
         self.loaded = True
 
     def check_ready(self) -> None:

@@ -1,4 +1,6 @@
-"""Pascal VOC loading and registration (detectron2's format, one robustness fix)."""
+"""Pascal VOC loading and registration (detectron2's dicts), for the official sets and VOC xml as
+labelling tools write it: missing ``<pose>``, ``<truncated>``, ``<difficult>`` or ``<size>``,
+decimal and out-of-image coordinates (clipped, counted, logged), any image extension."""
 
 import logging
 import math
@@ -17,6 +19,8 @@ SYNTH_VOC_CLASSES = ("zero", "one", "two", "three", "four", "five")
 
 logger = logging.getLogger(__name__)
 
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".JPG", ".PNG")
+
 
 def read_split_ids(dirname: str, split: str) -> List[str]:
     """Image ids of ``ImageSets/Main/<split>.txt``; unlike ``np.loadtxt``, a one-line file works."""
@@ -25,13 +29,43 @@ def read_split_ids(dirname: str, split: str) -> List[str]:
         return [line.strip() for line in f if line.strip()]
 
 
+def _image_file(dirname: str, fileid: str, tree) -> str:
+    """The image of an annotation: ``<filename>`` in ``JPEGImages/`` when it exists there, else
+    ``JPEGImages/<id>`` with the first extension found (``.jpg`` when none is)."""
+    images = os.path.join(dirname, "JPEGImages")
+    named = (tree.findtext("filename") or "").strip()
+    if named and os.path.isfile(os.path.join(images, os.path.basename(named))):
+        return os.path.join(images, os.path.basename(named))
+    for ext in IMAGE_EXTENSIONS:
+        if os.path.isfile(os.path.join(images, fileid + ext)):
+            return os.path.join(images, fileid + ext)
+    return os.path.join(images, fileid + ".jpg")
+
+
+def _image_size(tree, image_file: str, anno_file: str) -> tuple:
+    """(height, width) from ``<size>``, or from the image file when the xml has none."""
+    if tree.find("./size/height") is not None or tree.find("./size/width") is not None:
+        return _int_field(tree, "./size/height", anno_file), _int_field(
+            tree, "./size/width", anno_file
+        )
+    try:
+        from PIL import Image
+
+        with Image.open(image_file) as im:
+            width, height = im.size
+    except OSError as e:
+        raise ValueError(f"{anno_file}: no <size>, and its image {image_file} is unreadable ({e})")
+    return height, width
+
+
 def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> List[dict]:
     """
     Load VOC annotations as detectron2's ``load_voc_instances`` does (difficult objects kept for
     training, 1-based pixel coordinates shifted by -1 for xmin/ymin), plus a ``difficult`` flag on
     each annotation. Boxes reaching outside the image (``size``) are clipped to it; inverted boxes
     (xmax < xmin or ymax < ymin) and boxes with nothing inside the image are left out; both are
-    counted in one warning. Classes with no object in the split are named in a warning.
+    counted in one warning. Classes with no object in the split are named in a warning. The image
+    is ``<filename>`` (any extension) and the size, without ``<size>``, the image's.
 
     Returns:
         list[dict]: detectron2 dataset dicts.
@@ -45,17 +79,22 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
     per_class = {c: 0 for c in class_names}
     for fileid in read_split_ids(dirname, split):
         anno_file = os.path.join(dirname, "Annotations", fileid + ".xml")
+        if not PathManager.exists(anno_file):
+            split_file = os.path.join(dirname, "ImageSets", "Main", split + ".txt")
+            raise ValueError(f"{split_file} names image {fileid!r}, which has no {anno_file}")
         try:
             with PathManager.open(anno_file) as f:
                 tree = ET.parse(f)
         except ET.ParseError as e:
             raise ValueError(f"{anno_file}: malformed xml ({e})") from None
-        record = {
-            "file_name": os.path.join(dirname, "JPEGImages", fileid + ".jpg"),
-            "image_id": fileid,
-            "height": _int_field(tree, "./size/height", anno_file),
-            "width": _int_field(tree, "./size/width", anno_file),
-        }
+        if tree.getroot().tag != "annotation":
+            raise ValueError(
+                f"{anno_file}: not a VOC annotation (root element <{tree.getroot().tag}>, "
+                "expected <annotation>)"
+            )
+        file_name = _image_file(dirname, fileid, tree)
+        height, width = _image_size(tree, file_name, anno_file)
+        record = {"file_name": file_name, "image_id": fileid, "height": height, "width": width}
         annos = []
         for i, obj in enumerate(tree.findall("object")):
             counts["objects"] += 1
