@@ -30,7 +30,9 @@ from quant_mimic.export import (
 from .common import REPO_ROOT, build_model_no_weights, get_config
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-from export_student import example_images, main  # noqa: E402
+from export_student import main  # noqa: E402
+
+from quant_mimic.export import example_images  # noqa: E402
 
 RFCN = "WIDERFace/rfcn_VGG-1-32_scratch.yaml"
 RFCN_QM = "WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"

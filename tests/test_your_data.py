@@ -249,3 +249,51 @@ class TestTrainNetOnYourData(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestPipelineOnYourData(unittest.TestCase):
+    def _pipeline(self, data, out, *extra):
+        from quant_mimic.pipeline import main
+
+        argv = ["--data", data, "--preset", "smoke", "--out", out, "--no-mismatch", *extra]
+        self.assertEqual(main(argv), 0)
+        with open(os.path.join(out, "results.json")) as f:
+            records = json.load(f)
+        with open(os.path.join(out, "export", "export.json")) as f:
+            export = json.load(f)
+        return records, export
+
+    def test_coco_and_voc_through_the_pipeline_to_onnx(self):
+        import onnx
+
+        with tempfile.TemporaryDirectory() as d:
+            for family, data in (
+                ("c4", write_coco_example(os.path.join(d, "coco"))),
+                ("vgg", write_voc_example(os.path.join(d, "voc"))),
+            ):
+                out = os.path.join(d, f"run_{family}")
+                records, export = self._pipeline(data, out, "--family", family)
+                stages = [r["stage"] for r in records]
+                self.assertEqual(stages, ["teacher", "teacher_quantized", "scratch", "mimic",
+                                          "quant_mimic"])  # fmt: skip
+                self.assertTrue(all("bbox/AP50" in r["metrics"] for r in records), records)
+                self.assertTrue(export["ok"])
+                self.assertEqual(len(export["parity"]), 2)
+                onnx.checker.check_model(onnx.load(export["path"]))
+                with open(os.path.join(out, "results.md")) as f:
+                    self.assertIn(f"Your data ({family} family)", f.read())
+                # the schedule came from epochs: 8 training images (7 with boxes for COCO) / 2
+                its = {r["stage"]: r["iterations"] for r in records}
+                self.assertEqual(its["teacher"], 2)
+                # resume: a second invocation trains nothing
+                records2, _ = self._pipeline(data, out, "--family", family)
+                self.assertEqual([r["wall_s"] for r in records2], [r["wall_s"] for r in records])
+
+    def test_help_lists_every_preset_and_bad_combinations_fail(self):
+        from quant_mimic.pipeline.cli import build_parser, parse_args
+
+        text = build_parser().format_help()
+        for preset in ("smoke", "cpu", "cpu_paper", "gpu", "paper"):
+            self.assertIn(preset, text)
+        with self.assertRaises(SystemExit):
+            parse_args(["--data", "x.yaml", "--bench", "voc", "--preset", "smoke", "--out", "o"])

@@ -73,18 +73,6 @@ def _export_pth(parser, weights: str, output: str) -> int:
     return 0
 
 
-def example_images(cfg, sizes=((480, 640), (352, 544)), seed: int = 0):
-    """Synthetic test images in the model's channel count (a face-like blob on noise)."""
-    g = torch.Generator().manual_seed(seed)
-    channels = len(cfg.MODEL.PIXEL_MEAN)
-    images = []
-    for h, w in sizes:
-        image = torch.rand(channels, h, w, generator=g) * 80 + 60
-        image[:, h // 4 : h // 2, w // 3 : w // 2] += 100
-        images.append(image)
-    return images
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config-file", default="", help="the student's (or MimicRCNN) config")
@@ -134,36 +122,23 @@ def main(argv=None) -> int:
     if not args.config_file:
         parser.error(f"--format {args.format} needs --config-file")
 
-    from detectron2.modeling import build_model
-
     from quant_mimic import get_config
-    from quant_mimic.checkpoint import load_student_weights
-    from quant_mimic.export import (
-        StudentInference,
-        export_onnx,
-        export_torchscript,
-        parity_report,
-        tune_onnx,
-    )
+    from quant_mimic.export import example_images, export_student, parity_report
 
     cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
-    model = build_model(cfg).eval()
-    load_student_weights(model, weights, model_name=args.config_file)
-    module = StudentInference(
-        model, fold_bn=not args.no_fold_bn, space_to_depth=args.space_to_depth
-    )
     images = example_images(cfg)
-    export = export_onnx if args.format == "onnx" else export_torchscript
-    export(module, images[0], args.output)
+    done = export_student(
+        cfg, weights, args.output, args.format, fold_bn=not args.no_fold_bn,
+        space_to_depth=args.space_to_depth, ort_threads=args.ort_threads, runtime=args.runtime,
+        precision=args.precision, check_images=images if args.check else None,
+    )  # fmt: skip
+    module = done["module"]
     print(
         f"Wrote {args.format} to {args.output} ({os.path.getsize(args.output) / 2**20:.2f} MB; "
         f"{module.num_folded} BatchNorm layers folded)"
     )
-    chosen = args.runtime != "onnxruntime" or args.precision != "fp32"
-    if args.format == "onnx" and (args.ort_threads > 0 or chosen):
-        tuned = tune_onnx(
-            args.output, args.ort_threads, runtime=args.runtime, precision=args.precision
-        )
+    tuned = done["tuned"]
+    if tuned is not None:
         c = tuned["nchwc_min_channels"]
         nchwc = f", NCHWc from {c} channels" if c else ""
         print(
@@ -174,9 +149,7 @@ def main(argv=None) -> int:
             f"{tuned['runtime']} {tuned['precision']} (recorded in the file's metadata)"
         )
     if args.check:
-        key = "onnx_path" if args.format == "onnx" else "torchscript_path"
-        # the file itself is exact: the strict check runs it in fp32 whatever precision it records
-        rows = parity_report(module, images, **{key: args.output}, precision="fp32")
+        rows = done["parity"]
         print(json.dumps(rows, indent=1))
         if not all(r["ok"] for r in rows):
             print("Parity check FAILED", file=sys.stderr)

@@ -10,7 +10,8 @@ One file per concern, in the order a student goes through them:
 * :mod:`.runtime`: onnxruntime and OpenVINO sessions; :mod:`.tuning`: the fastest options on this
   host, timed and recorded in the file; :mod:`.session`: :func:`onnx_session` opens a file as it
   records;
-* :mod:`.parity`: the exported file against PyTorch, per image and as a detectron2 model for AP.
+* :mod:`.parity`: the exported file against PyTorch, per image and as a detectron2 model for AP;
+* :mod:`.student_file`: all of it for a trained run (:func:`export_student`).
 
 ONNX / TorchScript contract (README, "Deploy"):
 
@@ -38,6 +39,7 @@ from .runtime import (
 )
 from .session import onnx_session
 from .space_to_depth import rewrite_vgg_first_block
+from .student_file import example_images, export_student, val_images
 from .trace import ONNX_OPSET, export_onnx, export_torchscript
 from .tuning import (
     best_ort_options,
@@ -78,4 +80,7 @@ __all__ = [
     "ExportedDetector",
     "compare_detections",
     "parity_report",
+    "example_images",
+    "val_images",
+    "export_student",
 ]

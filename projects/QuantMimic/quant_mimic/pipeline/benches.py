@@ -20,6 +20,12 @@ __all__ = [
     "stage_dir",
     "split_run_name",
     "PRETRAIN_STAGE",
+    "EXPORT_STAGE",
+    "FAMILIES",
+    "DATA_STAGES",
+    "is_custom",
+    "preset_dir",
+    "export_dir",
     "pretrain_dir",
     "cls_data_root",
 ]
@@ -36,12 +42,15 @@ STAGES = (
     "mimic",
     "quant_mimic_teacher_only",
     "quant_mimic",
+    "export",
 )
 # Run only when named in --stages: Table 5's control (the student alone with its output quantized);
 # the classification pretraining of the student's backbone (Table 7's "finetuned on ImageNet"; also
-# run when --init pretrained finds no pretrained backbone).
+# run when --init pretrained finds no pretrained backbone); the export of the Quantization Mimic
+# student (seed 0) to a parity-checked ONNX file (a default stage on your data).
 PRETRAIN_STAGE = "pretrain"
-OPTIONAL_STAGES = (PRETRAIN_STAGE, "scratch_quantized")
+EXPORT_STAGE = "export"
+OPTIONAL_STAGES = (PRETRAIN_STAGE, "scratch_quantized", EXPORT_STAGE)
 DEFAULT_STAGES = tuple(s for s in STAGES if s not in OPTIONAL_STAGES)
 TEACHER_STAGES = ("teacher", "teacher_quantized")
 # Student stages and the teacher stage they learn from (None: no teacher).
@@ -117,9 +126,49 @@ BENCHES["voc_fpn"] = {
 }
 
 
+# Your data (``--data FILE``, docs/YOUR_DATA.md): one bench per student family of configs/Custom,
+# the same stages as the built-in benches without the synthetic data, ending with the export.
+FAMILIES = {"vgg": "custom_vgg", "c4": "custom_c4", "fpn": "custom_fpn"}
+DATA_STAGES = ("teacher", "teacher_quantized", "scratch", "mimic", "quant_mimic", EXPORT_STAGE)
+_FAMILY_CONFIGS = {
+    "custom_vgg": ("rfcn_VGG-1-4_teacher", "rfcn_VGG-1-32_{}"),
+    "custom_c4": ("faster_rcnn_R18_C4_teacher", "faster_rcnn_R18-1-16_C4_{}"),
+    "custom_fpn": ("faster_rcnn_R18_FPN_teacher", "faster_rcnn_R18-1-16_FPN_{}"),
+}
+for _bench, (_teacher, _student) in _FAMILY_CONFIGS.items():
+    BENCHES[_bench] = {
+        "kind": "custom",
+        "configs": {
+            "teacher": _teacher + ".yaml",
+            "teacher_quantized": _teacher + "_quantized.yaml",
+            **{s: _student.format(s) + ".yaml" for s in ("scratch", "mimic", "quant_mimic")},
+        },
+        "metrics": ("bbox/AP50", "bbox/AP"),
+        "paper": {},  # no paper row: your data
+    }
+
+
+def is_custom(bench: str) -> bool:
+    """Whether ``bench`` trains on the user's data (configs/Custom) rather than a synthetic set."""
+    return BENCHES[bench]["kind"] == "custom"
+
+
+def preset_dir(bench: str) -> str:
+    """Where the bench's named presets live: configs/Custom/presets for your data (schedules in
+    epochs), configs/Synth/presets for the built-in benches."""
+    return os.path.join(CONFIGS_DIR, "Custom", "presets") if is_custom(bench) else PRESET_DIR
+
+
 def config_file(bench: str, stage: str) -> str:
-    """The absolute path of the config that trains ``stage`` on ``bench`` (configs/Synth)."""
-    return os.path.join(CONFIGS_DIR, "Synth", BENCHES[bench]["configs"][stage])
+    """The absolute path of the config that trains ``stage`` on ``bench`` (configs/Synth, or
+    configs/Custom for your data)."""
+    folder = "Custom" if is_custom(bench) else "Synth"
+    return os.path.join(CONFIGS_DIR, folder, BENCHES[bench]["configs"][stage])
+
+
+def export_dir(out: str) -> str:
+    """The export stage's output: the ONNX student and its parity report."""
+    return os.path.join(out, EXPORT_STAGE)
 
 
 def data_root(bench: str, out: str) -> str:

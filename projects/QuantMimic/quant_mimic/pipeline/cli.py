@@ -1,19 +1,36 @@
 """The command line of ``tools/run_pipeline.py`` (see :mod:`quant_mimic.pipeline`)."""
 
 import argparse
+import os
 import sys
 
-from .benches import BENCHES, DEFAULT_STAGES, OPTIONAL_STAGES, STAGES
+from .benches import (
+    BENCHES,
+    DATA_STAGES,
+    DEFAULT_STAGES,
+    FAMILIES,
+    OPTIONAL_STAGES,
+    STAGES,
+    is_custom,
+    preset_dir,
+)
 from .runner import run
 from .tables import report
 
 __all__ = ["build_parser", "parse_args", "main"]
 
 
+def _presets(bench: str):
+    """The named presets of a bench's preset folder."""
+    return sorted(f[:-5] for f in os.listdir(preset_dir(bench)) if f.endswith(".yaml"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        description="The paper's whole pipeline on a built-in synthetic benchmark, in one "
-        "command, with seeds (quant_mimic.pipeline)."
+        description="The paper's whole pipeline, in one command, with seeds "
+        "(quant_mimic.pipeline): on a built-in synthetic benchmark (--bench), or on your data "
+        "(--data FILE, docs/YOUR_DATA.md: teacher, quantized teacher, the student rows, "
+        "evaluation, export)."
     )
     p.add_argument(
         "--report",
@@ -30,15 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --report: Welch's t-test of two rows, labelled as in the table "
         "(e.g. 'quant_mimic' 'mimic'); repeatable",
     )
-    p.add_argument("--bench", choices=sorted(BENCHES))
-    p.add_argument("--preset", help="smoke | cpu | gpu, or a preset yaml file")
+    p.add_argument("--bench", choices=sorted(b for b in BENCHES if not is_custom(b)))
+    p.add_argument(
+        "--data", default="", metavar="FILE", help="your data: a data file (docs/YOUR_DATA.md)"
+    )
+    p.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="c4",
+        help="with --data, the student family (configs/Custom): vgg = VGG-1-4 -> VGG-1-32 R-FCN, "
+        "c4 = ResNet18 -> ResNet18-1-16 Faster R-CNN C4, fpn = the same with FPN (default: c4)",
+    )
+    p.add_argument(
+        "--preset",
+        help=f"built-in benches: {' | '.join(_presets('voc'))}; with --data (schedules in "
+        f"epochs): {' | '.join(_presets('custom_c4'))}; or a preset yaml file",
+    )
     p.add_argument("--seeds", type=int, default=1, help="runs of every student stage (SEED 0..K-1)")
     p.add_argument("--out", help="output folder")
     p.add_argument(
         "--stages",
         nargs="+",
         metavar="STAGE",
-        help=f"default: {DEFAULT_STAGES}; optional: {OPTIONAL_STAGES}",
+        help=f"default: {DEFAULT_STAGES}; optional: {OPTIONAL_STAGES}; with --data: {DATA_STAGES}",
     )
     p.add_argument(
         "--init",
@@ -69,9 +100,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("--compare needs --report")
     if args.report:
         return args
+    if args.data and args.bench:
+        p.error("--bench names a built-in synthetic benchmark; with --data use --family")
+    if args.data:
+        args.bench = FAMILIES[args.family]
     for name in ("bench", "preset", "out"):
         if getattr(args, name) is None:
-            p.error(f"--{name} is required")
+            p.error(f"--{name} (or --data)" if name == "bench" else f"--{name} is required")
     if args.stages:
         n = next((i for i, x in enumerate(args.stages) if x not in STAGES), len(args.stages))
         if n == 0:

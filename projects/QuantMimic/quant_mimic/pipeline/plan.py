@@ -1,5 +1,6 @@
 """Presets, stage planning and the command-line overrides of every stage run."""
 
+import math
 import os
 from typing import Dict, List, Optional, Sequence
 
@@ -7,6 +8,7 @@ import yaml
 
 from .benches import (
     BENCHES,
+    DATA_STAGES,
     DEFAULT_STAGES,
     PRESET_DIR,
     PRETRAIN_STAGE,
@@ -16,6 +18,7 @@ from .benches import (
     cls_data_root,
     config_file,
     data_root,
+    preset_dir,
     pretrain_dir,
     stage_dir,
     stage_kind,
@@ -33,17 +36,20 @@ __all__ = [
     "student_init",
     "pretrain_argv",
     "generate_cls_data",
+    "plan_data_stages",
+    "train_images",
+    "epochs_to_iterations",
 ]
 
 PRESET_SECTIONS = {"data", "opts", "teacher", "teacher_quantized", "student", "pretrain", "init"}
 INITS = ("random", "pretrained")
 
 
-def _preset_path(name: str, relative_to: Optional[str] = None) -> str:
-    """A preset name's file; a yaml path is relative to ``relative_to`` (a ``_BASE_``'s preset
-    folder) or the working directory."""
+def _preset_path(name: str, relative_to: Optional[str] = None, folder: str = PRESET_DIR) -> str:
+    """A preset name's file (in ``folder``); a yaml path is relative to ``relative_to`` (a
+    ``_BASE_``'s preset folder) or the working directory."""
     if not name.endswith((".yaml", ".yml")):
-        return os.path.join(PRESET_DIR, name + ".yaml")
+        return os.path.join(folder, name + ".yaml")
     return os.path.join(relative_to, name) if relative_to else name
 
 
@@ -65,7 +71,7 @@ def load_preset(name: str, bench: str, _relative_to: Optional[str] = None) -> Di
     path. A preset with ``_BASE_: other.yaml`` is ``other.yaml`` with its sections merged key by
     key.
     """
-    path = _preset_path(name, _relative_to)
+    path = _preset_path(name, _relative_to, preset_dir(bench))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Preset {name!r} not found (looked for {path})")
     with open(path) as f:
@@ -134,12 +140,15 @@ def stage_opts(
     extra: Sequence[str],
     teacher_cache: bool = True,
     init: str = "random",
+    data_file: str = "",
 ) -> List[str]:
     """The KEY VALUE overrides of one stage run (preset, wiring between stages, user's extra);
     a student that mimics a teacher reads that teacher's maps from its cache (``teacher_cache``,
     :mod:`quant_mimic.teacher_cache`), unless the user's overrides name another one; with ``init``
-    "pretrained" a student starts from the pretrain stage's ``backbone.pth``."""
-    opts = dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
+    "pretrained" a student starts from the pretrain stage's ``backbone.pth``; ``data_file`` (your
+    data) is every stage's ``DATASETS.DATA_FILE``."""
+    opts = ["DATASETS.DATA_FILE", data_file] if data_file else []
+    opts += dict_opts(preset.get("opts")) + dict_opts(preset.get(stage_kind(stage)))
     if init == "pretrained" and stage not in TEACHER_STAGES:
         opts += ["MODEL.WEIGHTS", os.path.join(pretrain_dir(out), "backbone.pth")]
     if stage == "teacher_quantized":
@@ -225,3 +234,61 @@ def generate_data(bench: str, preset: Dict, out: str, force: bool) -> str:
     if d:
         raise KeyError(f"Unknown data keys in the preset: {sorted(d)}")
     return f"wrote {root}"
+
+
+def plan_data_stages(requested: Optional[Sequence[str]]) -> List[str]:
+    """The stages of a run on your data, in order: ``requested`` (None: all of
+    :data:`DATA_STAGES`); a stage that needs synthetic data is an error."""
+    other = [s for s in requested or () if s not in DATA_STAGES]
+    if other:
+        raise ValueError(f"--stages {other} do not apply to your data; choose from {DATA_STAGES}")
+    return [s for s in DATA_STAGES if s in (requested or DATA_STAGES)]
+
+
+def train_images(data_file: str, filter_empty: bool = True) -> int:
+    """The number of training images of a data file as detectron2's train loader counts them
+    (images without annotations left out when ``filter_empty``, as
+    ``DATALOADER.FILTER_EMPTY_ANNOTATIONS``)."""
+    from detectron2.data import get_detection_dataset_dicts
+
+    from ..data.data_file import register_data_file
+
+    names = register_data_file(data_file).train
+    return len(get_detection_dataset_dicts(names, filter_empty=filter_empty))
+
+
+def epochs_to_iterations(
+    bench: str, preset: Dict, num_images: int, extra: Sequence[str] = ()
+) -> List[str]:
+    """
+    Presets on your data give schedules in epochs of the train set (one preset for any dataset
+    size): in each stage section, ``epochs`` becomes ``SOLVER.MAX_ITER`` = ceil(epochs × images /
+    ``SOLVER.IMS_PER_BATCH``) and ``steps`` (fractions of the schedule) ``SOLVER.STEPS``, in place;
+    the batch is the user's override, else the preset's, else the stage config's. ``KEY VALUE``
+    overrides given by the user still win (they come last). Returns one line per stage kind.
+    """
+    lines = []
+    for kind in ("teacher", "teacher_quantized", "student"):
+        section = preset.get(kind) or {}
+        if "epochs" not in section:
+            continue
+        epochs = float(section.pop("epochs"))
+        steps = section.pop("steps", None)
+        stage = "scratch" if kind == "student" else kind
+        opts = dict_opts(preset.get("opts")) + dict_opts(section) + list(extra)
+        batch = opt_lookup(opts, "SOLVER.IMS_PER_BATCH")
+        if batch is None:
+            from ..engine import get_config
+
+            batch = get_config(config_file(bench, stage)).SOLVER.IMS_PER_BATCH
+        iters = max(1, math.ceil(epochs * num_images / int(batch)))
+        section["SOLVER.MAX_ITER"] = iters
+        if steps is not None:
+            section["SOLVER.STEPS"] = [max(1, round(f * iters)) for f in steps]
+        preset[kind] = section
+        lines.append(
+            f"{kind}: {epochs:g} epochs × {num_images} training images / SOLVER.IMS_PER_BATCH "
+            f"{batch} = {iters} iterations"
+            + (f", LR steps at {section['SOLVER.STEPS']}" if steps is not None else "")
+        )
+    return lines

@@ -4,7 +4,7 @@ import json
 import os
 from typing import Dict, List
 
-from .benches import BENCHES, split_run_name
+from .benches import BENCHES, is_custom, split_run_name
 from .records import FINAL_METRICS
 from .tables import aggregate, row_label
 
@@ -18,6 +18,13 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def bench_title(bench: str) -> str:
+    """ "Synthetic faces" for a built-in bench, "Your data (c4 family)" for a run on your data."""
+    if is_custom(bench):
+        return f"Your data ({bench.split('_', 1)[1]} family)"
+    return f"Synthetic {bench}"
 
 
 def plot_results(bench: str, records: List[Dict], path: str) -> None:
@@ -47,8 +54,8 @@ def plot_results(bench: str, records: List[Dict], path: str) -> None:
     n = max((agg[s][metrics[0]][2] for s in rows), default=0)
     ax.set_ylabel("AP (%)")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"Synthetic {bench}: mean (bar) and each seed (point), up to {n} seeds")
-    ax.legend()
+    ax.set_title(f"{bench_title(bench)}: mean (bar) and each seed (point), up to {n} seeds")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -93,7 +100,7 @@ def plot_learning_curves(bench: str, out: str, path: str) -> bool:
         ax.set_xlabel("iteration")
         ax.set_ylabel(m)
         ax.legend(fontsize=7)
-    fig.suptitle(f"Synthetic {bench}: val AP during training")
+    fig.suptitle(f"{bench_title(bench)}: val AP during training")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

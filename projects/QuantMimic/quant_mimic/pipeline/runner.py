@@ -11,24 +11,29 @@ from typing import Callable, Dict, List, Optional
 from ..fileio import atomic_write_text, file_sha256
 from .benches import (
     BENCHES,
+    EXPORT_STAGE,
     FIG5_STAGES,
     PRETRAIN_STAGE,
     TEACHER_STAGES,
     config_file,
     data_root,
+    export_dir,
     pretrain_dir,
     stage_dir,
 )
 from .plan import (
+    epochs_to_iterations,
     generate_cls_data,
     generate_data,
     load_preset,
     max_iter,
+    plan_data_stages,
     plan_stages,
     pretrain_argv,
     stage_opts,
     student_init,
     teacher_cache_dir,
+    train_images,
 )
 from .plots import plot_learning_curves, plot_mismatch, plot_results
 from .progress import Progress, fmt_s, logged_rate
@@ -169,7 +174,7 @@ def mismatch_pass(args, bench: str, preset: Dict, out: str) -> None:
             if not is_done(d):
                 continue
             opts = stage_opts(
-                bench, preset, out, stage, seed, args.opts, teacher_cache=False, init=args.init
+                bench, preset, out, stage, seed, args.opts, False, args.init, args_data(args)
             )
             opts += ["MODEL.WEIGHTS", os.path.join(d, "model_final.pth")]
             stats = collect_mimic_statistics(config_file(bench, stage), opts)
@@ -192,6 +197,55 @@ def _use_cache(args) -> bool:
     return not getattr(args, "no_teacher_cache", False)
 
 
+def args_data(args) -> str:
+    """The data file of a run on your data ("" for a built-in bench)."""
+    return getattr(args, "data", "") or ""
+
+
+EXPORTED = ("quant_mimic", 0)  # the student the export stage writes: Quantization Mimic, seed 0
+
+
+def export_stage(args, bench: str, preset: Dict, out: str) -> str:
+    """
+    The export stage: the Quantization Mimic student (seed 0) as an ONNX file,
+    ``DIR/export/student.onnx``, with BN folded, onnxruntime's options tuned on this host and
+    recorded, and its detections compared with PyTorch's on the first two val images
+    (``DIR/export/export.json``); a disagreement is an error.
+    """
+    from ..engine import get_config
+    from ..export import export_student, val_images
+
+    stage, seed = EXPORTED
+    d = stage_dir(out, stage, seed)
+    if not is_done(d):
+        raise FileNotFoundError(f"export: {d} has no trained student; run the stage {stage!r}")
+    path = os.path.join(export_dir(out), "student.onnx")
+    record = os.path.join(export_dir(out), "export.json")
+    if os.path.isfile(record) and not args.force:
+        return f"skip, done ({path})"
+    cfg = get_config(os.path.join(d, "config.yaml"), ["MODEL.DEVICE", "cpu"])
+    weights = os.path.join(d, "model_final.pth")
+    start = time.time()
+    done = export_student(cfg, weights, path, "onnx", check_images=val_images(cfg, 2))
+    summary = {
+        "student": os.path.relpath(d, out),
+        "path": path,
+        "size_mb": done["size_mb"],
+        "bn_folded": done["folded"],
+        "onnxruntime": {k: done["tuned"][k] for k in ("level", "nchwc_min_channels", "host")},
+        "parity": done["parity"],
+        "ok": done["ok"],
+        "seconds": round(time.time() - start, 1),
+    }
+    atomic_write_text(record, json.dumps(summary, indent=2) + "\n")
+    if not done["ok"]:
+        raise RuntimeError(f"export: the ONNX student disagrees with PyTorch; see {record}")
+    return (
+        f"{path} ({done['size_mb']:.2f} MB), parity with PyTorch on {len(done['parity'])} val "
+        f"images: ok ({record})"
+    )
+
+
 def run(args, train: Optional[Callable] = None) -> List[Dict]:
     """
     Run the pipeline that ``args`` (:func:`quant_mimic.pipeline.cli.parse_args`) describes and
@@ -201,20 +255,29 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
     train = train or train_stage
     bench, out = args.bench, os.path.abspath(args.out)
     preset = load_preset(args.preset, bench)
-    os.makedirs(out, exist_ok=True)
-    # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
-    os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
-    from ..data import register_all_quantmimic_datasets
+    data_file = getattr(args, "data", "") or ""
+    if data_file:  # your data: checked (and its images counted) before anything is written
+        data_file = args.data = os.path.abspath(data_file)
+        stages = plan_data_stages(args.stages)
+        n = train_images(data_file)
+        for line in epochs_to_iterations(bench, preset, n, args.opts):
+            print(f"Schedule {line}", flush=True)
+        os.makedirs(out, exist_ok=True)
+    else:
+        os.makedirs(out, exist_ok=True)
+        # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
+        os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
+        from ..data import register_all_quantmimic_datasets
 
-    register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
-    stages = plan_stages(args.stages, data_root(bench, out))
+        register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
+        stages = plan_stages(args.stages, data_root(bench, out))
     args.init = student_init(getattr(args, "init", None), preset, args.stages)
     backbone = os.path.join(pretrain_dir(out), "backbone.pth")
     if args.init == "pretrained" and PRETRAIN_STAGE not in stages and not os.path.isfile(backbone):
         stages.insert(1 if stages[:1] == ["data"] else 0, PRETRAIN_STAGE)
     runs = []
     for stage in stages:
-        if stage in ("data", PRETRAIN_STAGE):
+        if stage in ("data", PRETRAIN_STAGE, EXPORT_STAGE):
             runs.append((stage, None, 0))
             continue
         its = max_iter(bench, preset, stage, args.opts)
@@ -233,6 +296,9 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             print(f"{label} …", flush=True)
             done = pretrain_stage(bench, preset, out, args.num_gpus, args.force)
             print(f"{label}: {done}", flush=True)
+            continue
+        if stage == EXPORT_STAGE:
+            print(f"{label}: {export_stage(args, bench, preset, out)}", flush=True)
             continue
         if args.init == "pretrained" and not getattr(args, "init_sha256", None):
             if not os.path.isfile(backbone):
@@ -261,7 +327,7 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             shutil.rmtree(teacher_cache_dir(out, stage))  # maps of the teacher being retrained
         print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
         opts = stage_opts(
-            bench, preset, out, stage, seed, args.opts, _use_cache(args), init=args.init
+            bench, preset, out, stage, seed, args.opts, _use_cache(args), args.init, data_file
         )
         start = time.time()
         watcher = _RateWatcher(progress, stage, d, k - 1, label)

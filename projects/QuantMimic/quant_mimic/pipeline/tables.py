@@ -75,13 +75,15 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     names = [m.split("/")[-1] for m in metrics]
     preset = records[0]["preset"] if records else ""
     device = records[0]["device"] if records else ""
+    custom = spec["kind"] == "custom"
+    what = f"Your data ({bench.split('_', 1)[1]} family)" if custom else f"Synthetic {bench}"
     lines = [
-        f"Synthetic {bench} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
+        f"{what} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
         "seeds; a single run shows its value alone (teacher stages run once); runs that diverged "
         "(Inf/NaN) have no metrics and are counted apart.",
         "",
-        "| stage | n | " + " | ".join(names) + " | paper, real dataset |",
-        "|---|---|" + "---|" * len(names) + "---|",
+        "| stage | n | " + " | ".join(names) + (" |" if custom else " | paper, real dataset |"),
+        "|---|---|" + "---|" * len(names) + ("" if custom else "---|"),
     ]
     for label, stats in agg.items():
         n = max(s[2] for s in stats.values())
@@ -91,8 +93,8 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
             ("–" if not s[2] else f"{s[0]:.2f}" if s[2] == 1 else f"{s[0]:.2f} ± {s[1]:.2f}")
             for s in stats.values()
         ]
-        paper = spec["paper"][stage_of[label]]
-        lines.append(f"| {label} | {n} | " + " | ".join(cells) + f" | {paper} |")
+        paper = "" if custom else f" {spec['paper'][stage_of[label]]} |"
+        lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |" + paper)
     return "\n".join(lines) + "\n"
 
 
