@@ -297,3 +297,40 @@ class TestPipelineOnYourData(unittest.TestCase):
             self.assertIn(preset, text)
         with self.assertRaises(SystemExit):
             parse_args(["--data", "x.yaml", "--bench", "voc", "--preset", "smoke", "--out", "o"])
+
+
+class TestToolsWithARun(unittest.TestCase):
+    def test_export_and_demo_from_a_run_need_only_its_weights(self):
+        import subprocess
+        import sys
+
+        from .common import REPO_ROOT
+
+        with tempfile.TemporaryDirectory() as d:
+            data = write_coco_example(os.path.join(d, "data"))
+            run = os.path.join(d, "run")
+            _train(_custom("faster_rcnn_R18-1-16_C4_scratch.yaml"), data, run)
+            weights = os.path.join(run, "model_final.pth")
+            tool = os.path.join(REPO_ROOT, "tools", "export_student.py")
+            onnx_path = os.path.join(d, "s.onnx")
+            cmd = [sys.executable, tool, "--format", "onnx", "--output", onnx_path, "--check",
+                   "--ort-threads", "0", "MODEL.WEIGHTS", weights]  # fmt: skip
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(res.returncode, 0, res.stderr[-2000:])
+            self.assertIn(os.path.join(run, "config.yaml"), res.stdout)
+            demo = os.path.join(REPO_ROOT, "tools", "demo.py")
+            images = os.path.join(d, "data", "images", "val")
+            cmd = [sys.executable, demo, "--input", images, "--output", os.path.join(d, "vis"),
+                   "MODEL.WEIGHTS", weights]  # fmt: skip
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(res.returncode, 0, res.stderr[-2000:])
+            self.assertEqual(len(os.listdir(os.path.join(d, "vis"))), len(os.listdir(images)))
+
+    def test_unregistered_dataset_says_how_to_give_data(self):
+        with tempfile.TemporaryDirectory() as d:
+            cfg = engine.setup_cfg(
+                _custom("faster_rcnn_R18-1-16_C4_scratch.yaml"),
+                ["DATASETS.TRAIN", "('my_train',)", "OUTPUT_DIR", d] + QUICK,
+            )
+            with self.assertRaisesRegex(KeyError, "my_train.*--data FILE"):
+                engine.Trainer.build_train_loader(cfg)

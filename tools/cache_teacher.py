@@ -3,7 +3,7 @@
 Pre-fill the teacher-map cache (``MODEL.MIMIC.TEACHER.CACHE_DIR``) of a mimic config for its
 ``DATASETS.TRAIN``: every training image as read and, with ``INPUT.RANDOM_FLIP``, flipped.
 
-    python tools/cache_teacher.py --config-file CFG [--num-gpus N] [KEY VALUE ...]
+    python tools/cache_teacher.py --config-file CFG [--data FILE] [--num-gpus N] [KEY VALUE ...]
 
 CFG is the student's MimicRCNN config; the teacher is its ``MODEL.MIMIC.TEACHER.*``. Training fills
 the cache lazily anyway (the first epoch computes, the rest read); pre-filling moves that cost out
@@ -13,18 +13,18 @@ fills its share. Prints a progress line, then the number of entries and the size
 
 import logging
 
-from detectron2.engine import default_argument_parser
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from quant_mimic import Trainer, get_config
-from quant_mimic.engine import launch_from_args
+from quant_mimic.data.data_file import data_opts
+from quant_mimic.engine import build_parser, launch_from_args
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
 
 
 def main(args) -> dict:
     setup_logger(name="quant_mimic", distributed_rank=comm.get_rank())
-    cfg = get_config(args.config_file, args.opts)
+    cfg = get_config(args.config_file, list(args.opts) + data_opts(args.data))
     if not cfg.MODEL.MIMIC.TEACHER.CACHE_DIR:
         raise SystemExit("MODEL.MIMIC.TEACHER.CACHE_DIR is empty: name the cache folder")
     if cfg.MODEL.META_ARCHITECTURE != "MimicRCNN":
@@ -46,6 +46,6 @@ def main(args) -> dict:
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    args = build_parser().parse_args()  # train_net.py's: --data FILE too
     logging.basicConfig(level=logging.INFO)
     launch_from_args(main, args)

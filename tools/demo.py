@@ -28,6 +28,8 @@ from detectron2.utils.visualizer import Visualizer
 
 from quant_mimic import get_config
 from quant_mimic.checkpoint import load_student_weights
+from quant_mimic.data.data_file import data_opts
+from quant_mimic.engine import config_of_run
 from quant_mimic.export import StudentInference, onnx_session, run_onnx
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
@@ -95,14 +97,25 @@ def draw(cfg, original: np.ndarray, instances: Instances, confidence: float) -> 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", required=True)
+    parser.add_argument(
+        "--config-file",
+        default="",
+        help="the detector's config; default: the config.yaml of the run whose MODEL.WEIGHTS "
+        "are given",
+    )
+    parser.add_argument("--data", default="", metavar="FILE", help="a data file (class names)")
     parser.add_argument("--input", required=True, help="an image or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the drawn PNGs")
     parser.add_argument("--onnx", default="", help="run this exported file in onnxruntime")
     parser.add_argument("--confidence", type=float, default=0.5)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
-    cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    weights = dict(zip(args.opts[::2], args.opts[1::2])).get("MODEL.WEIGHTS", "")
+    config_file = config_of_run(args.config_file, weights)
+    if not config_file:
+        parser.error("--config-file is required (or MODEL.WEIGHTS of a run with its config.yaml)")
+    opts = list(args.opts) + data_opts(args.data) + ["MODEL.DEVICE", "cpu"]
+    cfg = get_config(config_file, opts)
     run = build_runner(cfg, args.onnx)
     os.makedirs(args.output, exist_ok=True)
     import cv2

@@ -75,7 +75,13 @@ def _export_pth(parser, weights: str, output: str) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config-file", default="", help="the student's (or MimicRCNN) config")
+    parser.add_argument(
+        "--config-file",
+        default="",
+        help="the student's (or MimicRCNN) config; default: the config.yaml of the run whose "
+        "MODEL.WEIGHTS are given",
+    )
+    parser.add_argument("--data", default="", metavar="FILE", help="a data file (your data)")
     parser.add_argument("--format", choices=FORMATS, default="pth")
     parser.add_argument("--output", required=True)
     parser.add_argument("--check", action="store_true", help="parity check after export")
@@ -119,13 +125,20 @@ def main(argv=None) -> int:
         parser.error(f"output {args.output} is the input checkpoint: refusing to overwrite it")
     if args.format == "pth":
         return _export_pth(parser, weights, args.output)
-    if not args.config_file:
-        parser.error(f"--format {args.format} needs --config-file")
-
     from quant_mimic import get_config
+    from quant_mimic.data.data_file import data_opts
+    from quant_mimic.engine import config_of_run
     from quant_mimic.export import example_images, export_student, parity_report
 
-    cfg = get_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"])
+    config_file = config_of_run(args.config_file, weights)
+    if not config_file:
+        parser.error(
+            f"--format {args.format} needs --config-file (no config.yaml beside {weights})"
+        )
+    if config_file != args.config_file:
+        print(f"Config: {config_file} (the run of {weights})")
+    opts = list(args.opts) + data_opts(args.data) + ["MODEL.DEVICE", "cpu"]
+    cfg = get_config(config_file, opts)
     images = example_images(cfg)
     done = export_student(
         cfg, weights, args.output, args.format, fold_bn=not args.no_fold_bn,

@@ -55,6 +55,8 @@ __all__ = [
     "write_final_metrics",
     "build_parser",
     "load_eval_weights",
+    "config_of_run",
+    "teacher_config_from_run",
     "main",
 ]
 
@@ -117,6 +119,15 @@ def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> C
     for note in filter(None, notes):
         logger.info(note)
     return cfg
+
+
+def config_of_run(config_file: str, weights: str) -> str:
+    """``config_file``, or, when it is empty, the ``config.yaml`` beside ``weights``: the config of
+    the run those weights come from (what was trained is what is built). "" when neither."""
+    if config_file or not weights or "://" in weights:
+        return config_file
+    run_config = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.yaml")
+    return run_config if os.path.isfile(run_config) else ""
 
 
 def data_note(registered) -> str:
@@ -209,6 +220,21 @@ def _cpu_aware_ddp():
         d2_defaults.create_ddp_model = original
 
 
+@contextlib.contextmanager
+def _data_file_hint():
+    """detectron2's "Dataset 'x' is not registered!" with the way to give your data."""
+    try:
+        yield
+    except KeyError as e:
+        if "is not registered" not in str(e):
+            raise
+        raise KeyError(
+            f"{e.args[0].split(' Available')[0]} Describe your data in a data file and pass "
+            "--data FILE (COCO json, VOC xml; docs/YOUR_DATA.md), or register the dataset in "
+            "Python before set-up"
+        ) from None
+
+
 class Trainer(DefaultTrainer):
     """
     detectron2's ``DefaultTrainer`` with these changes:
@@ -253,13 +279,15 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg: CfgNode):
-        return build_detection_train_loader(cfg, mapper=NamedErrorDatasetMapper(cfg, True))
+        with _data_file_hint():
+            return build_detection_train_loader(cfg, mapper=NamedErrorDatasetMapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg: CfgNode, dataset_name: str):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=NamedErrorDatasetMapper(cfg, False)
-        )
+        with _data_file_hint():
+            return build_detection_test_loader(
+                cfg, dataset_name, mapper=NamedErrorDatasetMapper(cfg, False)
+            )
 
     @classmethod
     def build_model(cls, cfg: CfgNode, load_teacher: bool = True) -> torch.nn.Module:
