@@ -19,9 +19,8 @@ from .mimic_rcnn import MimicRCNN
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
 from .rfcn import RFCNROIHeads
 from .teacher import FrozenTeacher
+from .version import __version__  # noqa: F401  (quant_mimic.__version__)
 from .vgg import VGG16, build_divided_vgg_backbone
-
-__version__ = "0.1.0"
 
 __all__ = [
     "add_quantmimic_config",

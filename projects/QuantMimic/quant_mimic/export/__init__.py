@@ -11,7 +11,9 @@ One file per concern, in the order a student goes through them:
   host, timed and recorded in the file; :mod:`.session`: :func:`onnx_session` opens a file as it
   records;
 * :mod:`.parity`: the exported file against PyTorch, per image and as a detectron2 model for AP;
-* :mod:`.student_file`: all of it for a trained run (:func:`export_student`).
+* :mod:`.student_file`: all of it for a trained run (:func:`export_student`), the file's contract
+  recorded in it (:mod:`.contract`);
+* :mod:`.detector`: the file as a detector, image in, named boxes out (:class:`Detector`).
 
 ONNX / TorchScript contract (README, "Deploy"):
 
@@ -22,6 +24,8 @@ ONNX / TorchScript contract (README, "Deploy"):
   and post-processing (score threshold, NMS, ``TEST.DETECTIONS_PER_IMAGE``).
 """
 
+from .contract import CONTRACT_KEY, build_contract, class_names, write_contract
+from .detector import Detections, Detector, read_contract
 from .inference import StudentInference, fold_batchnorm
 from .lean_postprocess import CoordinateMajorBox2BoxTransform, batched_nms_topk, lean_postprocess
 from .parity import ExportedDetector, compare_detections, parity_report
@@ -83,4 +87,11 @@ __all__ = [
     "example_images",
     "val_images",
     "export_student",
+    "CONTRACT_KEY",
+    "build_contract",
+    "write_contract",
+    "class_names",
+    "read_contract",
+    "Detector",
+    "Detections",
 ]

@@ -138,7 +138,9 @@ def batched_nms_topk(
     boxes = boxes.float()  # as detectron2's batched_nms (fp16 lacks the offsets' range)
     if not torch.jit.is_tracing() and boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
-    max_coordinate = boxes.max()
+    # max over the boxes and 0: defined for no box too (traced on an image where nothing
+    # survives; an empty ReduceMax would fail), and as torchvision's offsets for clipped boxes
+    max_coordinate = torch.cat([boxes.flatten(), boxes.new_zeros(1)]).max()
     offsets = idxs.to(boxes) * (max_coordinate + torch.tensor(1).to(boxes))
     boxes_for_nms = boxes + offsets[:, None]
     if k < 0:

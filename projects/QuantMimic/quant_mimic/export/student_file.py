@@ -12,9 +12,10 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 
 from ..checkpoint import load_student_weights
+from .contract import build_contract, write_contract
 from .inference import StudentInference
 from .parity import parity_report
-from .trace import export_onnx, export_torchscript
+from .trace import ONNX_OPSET, export_onnx, export_torchscript
 from .tuning import tune_onnx
 
 __all__ = ["example_images", "val_images", "export_student"]
@@ -53,6 +54,7 @@ def export_student(
     runtime: str = "onnxruntime",
     precision: str = "fp32",
     check_images: Optional[Sequence[torch.Tensor]] = None,
+    threshold_source: Optional[Dict] = None,
 ) -> Dict:
     """
     Export the student of ``cfg`` (its own config or the MimicRCNN config it was trained with)
@@ -63,6 +65,8 @@ def export_student(
         ort_threads: onnx: tune onnxruntime's options with this many threads and record them in
             the file (0: do not tune, unless ``runtime``/``precision`` ask for a choice).
         check_images: images to compare the file with PyTorch on (default: none).
+        threshold_source: where the baked score threshold comes from, recorded in the contract
+            (default: the config's, for AP).
 
     Returns:
         dict: ``path``, ``size_mb``, ``folded`` (BN layers), ``tuned`` (:func:`tune_onnx`'s
@@ -75,6 +79,8 @@ def export_student(
     module = StudentInference(model, fold_bn=fold_bn, space_to_depth=space_to_depth)
     example = list(check_images)[0] if check_images else example_images(cfg)[0]
     (export_onnx if fmt == "onnx" else export_torchscript)(module, example, output)
+    if fmt == "onnx":  # the file carries its contract (classes, input, resize, threshold)
+        write_contract(output, build_contract(cfg, weights, ONNX_OPSET, threshold_source))
     tuned = None
     chosen = runtime != "onnxruntime" or precision != "fp32"
     if fmt == "onnx" and (ort_threads > 0 or chosen):
