@@ -162,3 +162,48 @@ class TestNothingSurvives(unittest.TestCase):
                 out = Detector(path, threads=1)(_bgr(200, 300))
                 self.assertEqual(len(out), 0)
                 self.assertEqual(out.boxes.shape, (0, 4))
+
+
+class TestOperatingPoint(unittest.TestCase):
+    def test_precision_recall_and_targets_by_hand(self):
+        from quant_mimic.export.operating_point import at_threshold, choose_threshold
+        from quant_mimic.export.operating_point import precision_recall as pr
+
+        gt = [(np.array([[0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]), np.array([0, 0, 1]),
+               np.array([False, False, True]))]  # fmt: skip
+        dets = [(np.array([[0, 0, 10, 10], [0, 0, 10, 10], [20, 20, 30, 31], [50, 50, 60, 60],
+                           [70, 70, 80, 80]], dtype=float),
+                 np.array([0.9, 0.8, 0.7, 0.6, 0.5]), np.array([0, 0, 0, 1, 0]))]  # fmt: skip
+        curve = pr(dets, gt)
+        # 0.9 TP, 0.8 duplicate FP, 0.7 TP (IoU 10/11), 0.6 on the ignored box (skipped), 0.5 FP
+        np.testing.assert_allclose(curve["thresholds"], [0.9, 0.8, 0.7, 0.5])
+        np.testing.assert_allclose(curve["precision"], [1.0, 0.5, 2 / 3, 0.5])
+        np.testing.assert_allclose(curve["recall"], [0.5, 0.5, 1.0, 1.0])
+        self.assertEqual(choose_threshold(curve, "precision=0.6")["threshold"], 0.7)
+        self.assertEqual(choose_threshold(curve, "recall=0.5")["threshold"], 0.9)
+        self.assertEqual(choose_threshold(curve, "f1")["threshold"], 0.7)
+        self.assertEqual(at_threshold(curve, 0.75)["precision"], 0.5)
+        only_false = [(dets[0][0][4:], dets[0][1][4:], dets[0][2][4:])]
+        with self.assertRaisesRegex(ValueError, "precision 0.5 is not reached"):
+            choose_threshold(pr(only_false, gt), "precision=0.5")
+
+    def test_export_for_deployment_records_its_threshold(self):
+        with tempfile.TemporaryDirectory() as d:
+            data = write_coco_example(os.path.join(d, "data"), 2, 3)
+            cfg = get_config(C4, SMALL + ["DATASETS.DATA_FILE", data])
+            model = build_model_no_weights(cfg)
+            weights = os.path.join(d, "w.pth")
+            torch.save({"model": model.state_dict()}, weights)
+            from quant_mimic.export import operating_point
+
+            cfg.defrost()
+            source = operating_point(cfg, weights, target="f1")
+            self.assertEqual(source["kind"], "val")
+            self.assertEqual(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST, source["threshold"])
+            path = os.path.join(d, "s.onnx")
+            export_student(cfg, weights, path, ort_threads=0, threshold_source=source)
+            c = read_contract(path)
+            self.assertEqual(c["score_threshold"], source["threshold"])
+            self.assertEqual(c["threshold_source"]["target"], "f1")
+            with self.assertRaisesRegex(ValueError, "Unknown operating-point target"):
+                operating_point(cfg, weights, target="accuracy=0.9")

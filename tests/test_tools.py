@@ -183,10 +183,21 @@ class TestTools(unittest.TestCase):
                 cmd += ["MODEL.WEIGHTS", weights]
                 proc = subprocess.run(cmd, capture_output=True)
                 self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
-                (png,) = os.listdir(out)
+                png, js = sorted(os.listdir(out), key=lambda n: n.endswith(".json"))
                 drawn = cv2.imread(os.path.join(out, png))
                 self.assertEqual(drawn.shape[:2], cv2.imread(image).shape[:2])
                 self.assertGreater(os.path.getsize(os.path.join(out, png)), 0)
+                with open(os.path.join(out, js)) as f:
+                    listed = json.load(f)
+                self.assertEqual(listed["height"], drawn.shape[0])
+                self.assertTrue(all(d["class"] == "face" for d in listed["detections"]))
+            # the exported file alone: no config, names from its contract
+            out = os.path.join(d, "onnx_only")
+            cmd = [sys.executable, tool, "--onnx", onnx, "--input", image, "--output", out,
+                   "--score-thresh", "0"]  # fmt: skip
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+            self.assertIn("detections", proc.stdout)
 
     def test_prepare_widerface_checks_layout(self):
         with tempfile.TemporaryDirectory() as d:

@@ -32,7 +32,16 @@ def _kind_seed(weights: str):
     return (m.group(1), int(m.group(2))) if m else (folder, None)
 
 
-def evaluate(weights: str, config_file: str, runtimes, threads: int, opts, tmp: str):
+def evaluate(
+    weights: str,
+    config_file: str,
+    runtimes,
+    threads: int,
+    opts,
+    tmp: str,
+    score_thresh=None,
+    target: str = "",
+):
     """Records (one per runtime) of one checkpoint."""
     import torch
 
@@ -42,21 +51,27 @@ def evaluate(weights: str, config_file: str, runtimes, threads: int, opts, tmp: 
     from quant_mimic.checkpoint import load_student_weights
     from quant_mimic.export import (
         ExportedDetector,
-        StudentInference,
-        export_onnx,
+        at_threshold,
+        export_student,
         onnx_session,
+        operating_point,
+        read_contract,
         session_options,
+        val_curve,
     )
 
     cfg = setup_cfg(
         config_file,
         list(opts) + ["MODEL.WEIGHTS", weights, "OUTPUT_DIR", tmp, "MODEL.DEVICE", "cpu"],
     )
+    cfg.defrost()
+    source = operating_point(cfg, weights, score_thresh, target)
+    cfg.freeze()
     model = Trainer.build_model(cfg, load_teacher=False).eval()
     load_student_weights(model, weights)
-    module = StudentInference(model)
-    example = torch.rand(len(cfg.MODEL.PIXEL_MEAN), 480, 640) * 255
-    path = export_onnx(module, example, os.path.join(tmp, "student.onnx"))
+    path = os.path.join(tmp, "student.onnx")
+    export_student(cfg, weights, path, ort_threads=0, threshold_source=source)
+    threshold = read_contract(path)["score_threshold"]
     kind, seed = _kind_seed(weights)
     rows = []
     for runtime in runtimes:
@@ -69,12 +84,20 @@ def evaluate(weights: str, config_file: str, runtimes, threads: int, opts, tmp: 
         with torch.no_grad():
             results = Trainer.test(cfg, evaluated)
         metrics = {k: float(v) for k, v in flatten_results_dict(results).items()}
+        # the deployed behaviour beside AP: precision and recall at the file's recorded threshold
+        point = at_threshold(val_curve(cfg, evaluated), threshold)
         rows.append(
             {"weights": os.path.relpath(os.path.abspath(weights), REPO_ROOT), "config":
              os.path.relpath(os.path.abspath(config_file), REPO_ROOT), "kind": kind, "seed": seed,
-             "runtime": runtime, "session": session, "metrics": metrics}
+             "runtime": runtime, "session": session, "metrics": metrics,
+             "operating_point": dict(point, source=source)}
         )  # fmt: skip
-        print(f"{kind} seed {seed} / {runtime}: {metrics}", flush=True)
+        print(
+            f"{kind} seed {seed} / {runtime}: {metrics}; at the recorded score threshold "
+            f"{threshold:g} ({source['kind']}): precision {point['precision']:.3f}, recall "
+            f"{point['recall']:.3f}",
+            flush=True,
+        )
     return rows
 
 
@@ -124,6 +147,11 @@ def main(argv=None):
     parser.add_argument("--runtimes", nargs="+", choices=RUNTIMES, default=list(RUNTIMES))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default="")
+    point = parser.add_mutually_exclusive_group()
+    point.add_argument("--score-thresh", type=float, default=None, help="deployment threshold")
+    point.add_argument(
+        "--threshold-for", default="", metavar="TARGET", help="precision=P | recall=R | f1"
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     if args.report:
@@ -146,7 +174,10 @@ def main(argv=None):
     for w in args.weights:
         config = args.config_file or os.path.join(os.path.dirname(w), "config.yaml")
         with tempfile.TemporaryDirectory() as tmp:
-            rows += evaluate(w, config, args.runtimes, args.threads, args.opts, tmp)
+            rows += evaluate(
+                w, config, args.runtimes, args.threads, args.opts, tmp,
+                args.score_thresh, args.threshold_for,
+            )  # fmt: skip
     host = host_info()
     rows = [dict(r, host=host) for r in rows]
     with open(args.json, "w") as f:

@@ -1,18 +1,26 @@
 #!/usr/bin/env python
 """Export the trained student for deployment: a plain checkpoint, TorchScript or ONNX.
 
-    python tools/export_student.py --config-file CFG --format pth|torchscript|onnx --output FILE \\
-        [--check] [--no-fold-bn] [--runtime onnxruntime|openvino|auto] [--precision fp32|bf16] \\
-        MODEL.WEIGHTS model_final.pth [KEY VALUE ...]
+    python tools/export_student.py [--config-file CFG] --format pth|torchscript|onnx --output F \\
+        [--check] [--score-thresh T | --threshold-for precision=P|recall=R|f1] [--data FILE] \\
+        [--runtime onnxruntime|openvino|auto] [--precision fp32|bf16] \\
+        MODEL.WEIGHTS RUN/model_final.pth [KEY VALUE ...]
+
+``--config-file`` defaults to the ``config.yaml`` of the run the weights come from.
 
 * ``pth``: the checkpoint's model tensors without MimicRCNN's adapters r and without optimizer /
   scheduler state. It loads with no missing or unexpected key into the plain student config, e.g.
   ``train_net.py --config-file configs/WIDERFace/rfcn_VGG-1-32_scratch.yaml --eval-only
   MODEL.WEIGHTS student.pth``. ``--config-file`` may be omitted for this format.
 * ``torchscript`` / ``onnx``: the student's whole single-image inference
-  (:class:`quant_mimic.export.StudentInference`; contract in its module docstring and README
-  "Deploy"), BN folded into the convolutions unless ``--no-fold-bn``. CFG may be the student's
-  config or the MimicRCNN config it was trained with (its inference is the student's).
+  (:class:`quant_mimic.export.StudentInference`), BN folded into the convolutions unless
+  ``--no-fold-bn``. CFG may be the student's config or the MimicRCNN config it was trained with
+  (its inference is the student's). The ONNX file records its contract in its metadata (class
+  names, input format, resize rule, threshold, provenance; docs/SPEED.md), which
+  ``quant_mimic.export.Detector`` reads.
+* ``--score-thresh`` / ``--threshold-for``: an export for deployment, with a threshold the user
+  gives or one chosen on the val set (``quant_mimic.export.operating_point``), baked into the graph
+  and recorded with where it comes from; without them the config's low threshold (for AP).
 * ``--runtime`` / ``--precision`` (onnx): what a plain ``quant_mimic.export.onnx_session(path,
   threads)`` load runs, recorded in the file with the timed onnxruntime options: onnxruntime
   (default), OpenVINO, or ``auto`` (the faster here); ``bf16`` = OpenVINO bfloat16 inference,
@@ -114,6 +122,22 @@ def main(argv=None) -> int:
         help="onnx: bf16 = OpenVINO bfloat16 inference (lossy; CPUs with avx512_bf16 or AMX; AP "
         "cost measured in docs/SPEED.md), recorded in the file; the file's weights stay fp32",
     )
+    point = parser.add_mutually_exclusive_group()
+    point.add_argument(
+        "--score-thresh",
+        type=float,
+        default=None,
+        help="export for deployment with this score threshold baked in and recorded (default: "
+        "the config's, which is AP's)",
+    )
+    point.add_argument(
+        "--threshold-for",
+        default="",
+        metavar="TARGET",
+        help="export for deployment with the threshold chosen on the val set (DATASETS.TEST[0]) "
+        "for TARGET: precision=P (the most recall at precision P), recall=R, or f1; recorded "
+        "with its precision and recall",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides")
     args = parser.parse_args(argv)
     weights = _weights_from_opts(args.opts)
@@ -128,7 +152,7 @@ def main(argv=None) -> int:
     from quant_mimic import get_config
     from quant_mimic.data.data_file import data_opts
     from quant_mimic.engine import config_of_run
-    from quant_mimic.export import example_images, export_student, parity_report
+    from quant_mimic.export import example_images, export_student, operating_point, parity_report
 
     config_file = config_of_run(args.config_file, weights)
     if not config_file:
@@ -139,11 +163,15 @@ def main(argv=None) -> int:
         print(f"Config: {config_file} (the run of {weights})")
     opts = list(args.opts) + data_opts(args.data) + ["MODEL.DEVICE", "cpu"]
     cfg = get_config(config_file, opts)
+    source = operating_point(cfg, weights, args.score_thresh, args.threshold_for)
+    if source["kind"] != "config":
+        print(f"Score threshold {cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST:g} for deployment: {source}")
     images = example_images(cfg)
     done = export_student(
         cfg, weights, args.output, args.format, fold_bn=not args.no_fold_bn,
         space_to_depth=args.space_to_depth, ort_threads=args.ort_threads, runtime=args.runtime,
         precision=args.precision, check_images=images if args.check else None,
+        threshold_source=source,
     )  # fmt: skip
     module = done["module"]
     print(

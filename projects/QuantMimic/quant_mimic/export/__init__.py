@@ -13,6 +13,7 @@ One file per concern, in the order a student goes through them:
 * :mod:`.parity`: the exported file against PyTorch, per image and as a detectron2 model for AP;
 * :mod:`.student_file`: all of it for a trained run (:func:`export_student`), the file's contract
   recorded in it (:mod:`.contract`);
+* :mod:`.operating_point`: a deployment threshold, the user's or chosen on the val set;
 * :mod:`.detector`: the file as a detector, image in, named boxes out (:class:`Detector`).
 
 ONNX / TorchScript contract (README, "Deploy"):
@@ -28,6 +29,7 @@ from .contract import CONTRACT_KEY, build_contract, class_names, write_contract
 from .detector import Detections, Detector, read_contract
 from .inference import StudentInference, fold_batchnorm
 from .lean_postprocess import CoordinateMajorBox2BoxTransform, batched_nms_topk, lean_postprocess
+from .operating_point import at_threshold, choose_threshold, operating_point, val_curve
 from .parity import ExportedDetector, compare_detections, parity_report
 from .runtime import (
     ONNX_RUNTIMES,
@@ -94,4 +96,8 @@ __all__ = [
     "read_contract",
     "Detector",
     "Detections",
+    "operating_point",
+    "val_curve",
+    "choose_threshold",
+    "at_threshold",
 ]
