@@ -16,7 +16,8 @@ One file per concern, in the order a student goes through them:
 * :mod:`.operating_point`: a deployment threshold, the user's or chosen on the val set;
 * :mod:`.detector`: the file as a detector, image in, named boxes out (:class:`Detector`).
 
-ONNX / TorchScript contract (README, "Deploy"):
+ONNX / TorchScript contract (docs/SPEED.md; an ONNX file records it in its metadata,
+:mod:`.contract`):
 
 * input ``image``: float32 (C, H, W), pixel values 0-255 in ``INPUT.FORMAT`` channel order, any H
   and W (dynamic); the caller resizes as ``INPUT.MIN/MAX_SIZE_TEST`` say;
