@@ -96,6 +96,29 @@ class TestDataFile(unittest.TestCase):
             self.assertIn("1 boxes clipped", logs.output[0])
             self.assertEqual(dicts[0]["annotations"][-1]["bbox"], [149.5, 0.0, 160.0, 50.5])
 
+    def test_the_papers_layouts_go_through_the_same_door(self):
+        from quant_mimic.data.synthetic import generate_faces
+
+        with tempfile.TemporaryDirectory() as d:
+            generate_faces(os.path.join(d, "widerface"), 3, 2, seed=0, size=(96, 128))
+            path = os.path.join(d, "faces.yaml")
+            with open(path, "w") as f:
+                f.write("train: {widerface: widerface}\nval: {widerface: widerface}\n")
+            reg = register_data_file(path)
+            self.assertEqual(reg.names, ["face"])
+            self.assertEqual(MetadataCatalog.get(reg.val).evaluator_type, "widerface")
+            self.assertEqual(len(DatasetCatalog.get(reg.train[0])), 3)
+            cfg = engine.get_config(
+                os.path.join(CONFIG_DIR, "WIDERFace", "rfcn_VGG-1-32_scratch.yaml"),
+                ["DATASETS.DATA_FILE", path],
+            )
+            self.assertEqual(cfg.DATASETS.TEST, (reg.val,))
+            # a list of train sets is concatenated, as DATASETS.TRAIN does
+            with open(path, "w") as f:
+                f.write("train:\n- {widerface: widerface}\n- {widerface: widerface, split: val}\n"
+                        "val: {widerface: widerface}\n")  # fmt: skip
+            self.assertEqual(len(register_data_file(path).train), 2)
+
 
 class TestBadDataFiles(unittest.TestCase):
     def _refused(self, d, text, *needles):
