@@ -418,3 +418,42 @@ class TestMimicDDP(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestBalanceAndPrecision(unittest.TestCase):
+    def test_loss_ratio_is_logged(self):
+        cfg = get_config(QM)
+        model = build_model_no_weights(cfg)
+        model.train()
+        with EventStorage() as storage:
+            losses = model(random_inputs(cfg))
+            ratio = storage.latest()["mimic/loss_ratio"][0]
+        detection = sum(v.item() for k, v in losses.items() if k != "loss_mimic")
+        self.assertAlmostEqual(ratio / (losses["loss_mimic"].item() / detection), 1.0, places=5)
+
+    def test_amp_on_a_cpu_device_is_refused_at_setup(self):
+        with self.assertRaisesRegex(ValueError, "SOLVER.AMP.ENABLED.*MODEL.DEVICE is 'cpu'"):
+            setup_cfg(
+                os.path.join(CONFIG_DIR, QM), ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True]
+            )
+
+    def test_mimic_head_stays_float32_under_autocast(self):
+        cfg = get_config(QM)
+        model = build_model_no_weights(cfg)
+        model.train()
+        inputs = random_inputs(cfg)
+        with EventStorage():
+            images = model.preprocess_image(inputs)
+            feats = model.backbone(images.tensor)
+            from detectron2.structures import Boxes
+
+            boxes = [Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0]]))] * 2
+            maps = model.teacher_maps(inputs)
+            plain = model.mimic_head.losses(maps, feats, boxes)["loss_mimic"]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = model.mimic_head.losses(
+                    {k: v.bfloat16() for k, v in maps.items()}, feats, boxes
+                )["loss_mimic"]
+        self.assertEqual(mixed.dtype, torch.float32)
+        self.assertTrue(torch.isfinite(mixed))
+        self.assertAlmostEqual(mixed.item(), plain.item(), delta=0.02 * abs(plain.item()) + 1e-3)

@@ -111,6 +111,12 @@ def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> C
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        raise ValueError(
+            f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: detectron2's "
+            "AMPTrainer runs CUDA autocast and a CUDA gradient scaler, so mixed precision needs a "
+            "GPU. Set SOLVER.AMP.ENABLED False on this machine"
+        )
     notes.append(before_setup(cfg) if before_setup is not None else None)
     cfg.freeze()
     if args is not None:

@@ -392,6 +392,17 @@ class RoIMimicHead:
             dict[str->Tensor]: {"loss_mimic": λ·L_m}; the unweighted L_m, λ, N and the Fig. 5
             mismatch ratio go to the event storage (``mimic/*``).
         """
+        # in float32 under mixed precision too: the adapter r, Q's thresholds and the summed
+        # squared error (fp16 overflows past 65504; a λ·L_m of 10^5 occurs at s = 1)
+        device = next(iter(student_maps.values())).device.type
+        with torch.autocast(device_type=device, enabled=False):
+            return self._losses(
+                {k: v.float() for k, v in teacher_maps.items()},
+                {k: v.float() for k, v in student_maps.items()},
+                boxes,
+            )
+
+    def _losses(self, teacher_maps, student_maps, boxes) -> Dict[str, torch.Tensor]:
         total = student_maps[self.student_feature_names[0]].sum() * 0.0
         mismatches = []
         for f_t, f_s in self.paired_features(teacher_maps, student_maps, boxes):
