@@ -207,3 +207,28 @@ class TestOperatingPoint(unittest.TestCase):
             self.assertEqual(c["threshold_source"]["target"], "f1")
             with self.assertRaisesRegex(ValueError, "Unknown operating-point target"):
                 operating_point(cfg, weights, target="accuracy=0.9")
+
+
+class TestInt8(unittest.TestCase):
+    def test_openvino_int8_ir_carries_the_contract_and_runs(self):
+        try:
+            import nncf  # noqa: F401
+        except ImportError:
+            self.skipTest("nncf is not installed (tools/install_deps.sh installs it)")
+        from quant_mimic.export import val_images
+
+        with tempfile.TemporaryDirectory() as d:
+            data = write_coco_example(os.path.join(d, "data"), 2, 3)
+            cfg = get_config(C4, SMALL + ["DATASETS.DATA_FILE", data])
+            model = build_model_no_weights(cfg)
+            weights = os.path.join(d, "w.pth")
+            torch.save({"model": model.state_dict()}, weights)
+            path = os.path.join(d, "s.onnx")
+            done = export_student(cfg, weights, path, ort_threads=0, int8_images=val_images(cfg, 3))
+            self.assertTrue(done["int8"].endswith("s_int8.xml"))
+            contract = read_contract(done["int8"])
+            self.assertEqual(contract["precision"], "int8")
+            self.assertEqual(contract["classes"], list(EXAMPLE_CLASSES))
+            out = Detector(done["int8"], threads=1)(_bgr(240, 320))
+            self.assertEqual(out.image_size, (240, 320))
+            self.assertTrue(set(out.class_names) <= set(EXAMPLE_CLASSES))

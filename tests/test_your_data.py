@@ -300,6 +300,10 @@ class TestPipelineOnYourData(unittest.TestCase):
                 self.assertEqual(stages, ["teacher", "teacher_quantized", "scratch", "mimic",
                                           "quant_mimic"])  # fmt: skip
                 self.assertTrue(all("bbox/AP50" in r["metrics"] for r in records), records)
+                # a mimic student's record keeps its last λ·L_m / L_det
+                ratios = {r["stage"]: r.get("loss_ratio") for r in records}
+                self.assertGreater(ratios["quant_mimic"], 0)
+                self.assertIsNone(ratios["scratch"])
                 self.assertTrue(export["ok"])
                 self.assertEqual(len(export["parity"]), 2)
                 onnx.checker.check_model(onnx.load(export["path"]))

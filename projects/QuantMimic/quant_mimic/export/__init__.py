@@ -26,8 +26,8 @@ ONNX / TorchScript contract (docs/SPEED.md; an ONNX file records it in its metad
   and post-processing (score threshold, NMS, ``TEST.DETECTIONS_PER_IMAGE``).
 """
 
-from .contract import CONTRACT_KEY, build_contract, class_names, write_contract
-from .detector import Detections, Detector, read_contract
+from .contract import CONTRACT_KEY, build_contract, class_names, read_contract, write_contract
+from .detector import Detections, Detector
 from .inference import StudentInference, fold_batchnorm
 from .lean_postprocess import CoordinateMajorBox2BoxTransform, batched_nms_topk, lean_postprocess
 from .operating_point import at_threshold, choose_threshold, operating_point, val_curve

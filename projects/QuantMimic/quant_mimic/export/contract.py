@@ -20,6 +20,7 @@
 import hashlib
 import json
 import logging
+import os
 from typing import Dict, List, Optional
 
 from detectron2.config import CfgNode
@@ -27,12 +28,22 @@ from detectron2.config import CfgNode
 from ..fileio import atomic_output, file_sha256
 from ..version import __version__
 
-__all__ = ["CONTRACT_KEY", "CONTRACT_VERSION", "class_names", "build_contract", "write_contract"]
+__all__ = [
+    "CONTRACT_KEY",
+    "CONTRACT_VERSION",
+    "RT_INFO_PATH",
+    "class_names",
+    "build_contract",
+    "write_contract",
+    "read_contract",
+    "openvino_contract",
+]
 
 logger = logging.getLogger(__name__)
 
 CONTRACT_KEY = "quant_mimic.contract"
 CONTRACT_VERSION = 1
+RT_INFO_PATH = ["quant_mimic", "contract"]  # where an OpenVINO IR (int8) keeps the contract
 
 
 def class_names(cfg: CfgNode) -> List[str]:
@@ -118,3 +129,49 @@ def write_contract(path: str, contract: Dict) -> None:
     onnx.helper.set_model_props(model, props)
     with atomic_output(path) as tmp:
         onnx.save(model, tmp)
+
+
+def openvino_contract(xml_path: str) -> Optional[Dict]:
+    """The contract an OpenVINO IR carries (the ONNX file's, in its rt_info; None without)."""
+    import openvino as ov
+
+    model = ov.Core().read_model(xml_path)
+    if not model.has_rt_info(RT_INFO_PATH):
+        return None
+    return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
+
+
+def read_contract(path: str) -> Dict:
+    """The contract recorded in an exported file (an ONNX file, or the OpenVINO int8 IR ``.xml``
+    of :mod:`quant_mimic.export.int8`); a file that is neither, or one without the contract, is an
+    error naming what is missing."""
+    import onnx
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist")
+    if path.endswith(".xml"):
+        try:
+            contract = openvino_contract(path)
+        except Exception as e:  # OpenVINO raises RuntimeError subclasses for a bad IR
+            raise ValueError(f"{path} is not an OpenVINO IR ({type(e).__name__}: {e})") from None
+        if contract is None:
+            raise ValueError(f"{path} is an OpenVINO IR without QuantMimic's contract")
+        return contract
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf raises several types for a file that is not ONNX
+        raise ValueError(f"{path} is not an ONNX file ({type(e).__name__}: {e})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if CONTRACT_KEY not in props:
+        raise ValueError(
+            f"{path} is an ONNX file without QuantMimic's contract (metadata {CONTRACT_KEY!r}: "
+            "class names, input format, resize rule, threshold); export it with "
+            "tools/export_student.py --format onnx"
+        )
+    contract = json.loads(props[CONTRACT_KEY])
+    if contract.get("version") != CONTRACT_VERSION:
+        raise ValueError(
+            f"{path} records contract version {contract.get('version')!r}; this version reads "
+            f"{CONTRACT_VERSION}: export it again"
+        )
+    return contract

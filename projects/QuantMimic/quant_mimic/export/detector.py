@@ -14,17 +14,15 @@ detectron2's ``detector_postprocess`` does (scaled, clipped, empty boxes dropped
 ``DefaultPredictor`` over the PyTorch student (tests/test_detector.py).
 """
 
-import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 
-from .contract import CONTRACT_KEY, CONTRACT_VERSION
+from .contract import read_contract
 
-__all__ = ["Detections", "Detector", "read_contract"]
+__all__ = ["Detections", "Detector"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,33 +48,6 @@ class Detections:
             {"box": [float(v) for v in b], "score": float(s), "class_id": int(c), "class": n}
             for b, s, c, n in zip(self.boxes, self.scores, self.class_ids, self.class_names)
         ]
-
-
-def read_contract(path: str) -> Dict:
-    """The contract recorded in an exported file; a file that is not ONNX, or an ONNX file without
-    the contract, is an error naming what is missing."""
-    import onnx
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
-    try:
-        model = onnx.load(path, load_external_data=False)
-    except Exception as e:  # protobuf raises several types for a file that is not ONNX
-        raise ValueError(f"{path} is not an ONNX file ({type(e).__name__}: {e})") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if CONTRACT_KEY not in props:
-        raise ValueError(
-            f"{path} is an ONNX file without QuantMimic's contract (metadata {CONTRACT_KEY!r}: "
-            "class names, input format, resize rule, threshold); export it with "
-            "tools/export_student.py --format onnx"
-        )
-    contract = json.loads(props[CONTRACT_KEY])
-    if contract.get("version") != CONTRACT_VERSION:
-        raise ValueError(
-            f"{path} records contract version {contract.get('version')!r}; this version reads "
-            f"{CONTRACT_VERSION}: export it again"
-        )
-    return contract
 
 
 def _grey(bgr: np.ndarray) -> np.ndarray:
@@ -117,6 +88,10 @@ class Detector:
         )
         size = int(resize["min_size"])
         self.resize = T.ResizeShortestEdge([size, size], int(resize["max_size"])) if size else None
+        if session is None and path.endswith(".xml"):  # an int8 IR: OpenVINO runs it in int8
+            from .runtime import OpenVINOSession
+
+            session = OpenVINOSession(path, threads, "fp32")
         if session is None:
             from .session import onnx_session
 

@@ -55,6 +55,7 @@ def export_student(
     precision: str = "fp32",
     check_images: Optional[Sequence[torch.Tensor]] = None,
     threshold_source: Optional[Dict] = None,
+    int8_images: Optional[Sequence[torch.Tensor]] = None,
 ) -> Dict:
     """
     Export the student of ``cfg`` (its own config or the MimicRCNN config it was trained with)
@@ -67,6 +68,8 @@ def export_student(
         check_images: images to compare the file with PyTorch on (default: none).
         threshold_source: where the baked score threshold comes from, recorded in the contract
             (default: the config's, for AP).
+        int8_images: onnx: also write an OpenVINO int8 IR beside the file
+            (``<output stem>_int8.xml``, :mod:`.int8`), calibrated on these images.
 
     Returns:
         dict: ``path``, ``size_mb``, ``folded`` (BN layers), ``tuned`` (:func:`tune_onnx`'s
@@ -85,6 +88,12 @@ def export_student(
     chosen = runtime != "onnxruntime" or precision != "fp32"
     if fmt == "onnx" and (ort_threads > 0 or chosen):
         tuned = tune_onnx(output, ort_threads, runtime=runtime, precision=precision)
+    int8 = ""
+    if int8_images:
+        from .int8 import quantize_openvino_int8
+
+        int8 = os.path.splitext(output)[0] + "_int8.xml"
+        quantize_openvino_int8(output, int8, [x.numpy().astype("float32") for x in int8_images])
     rows = []
     if check_images:
         key = "onnx_path" if fmt == "onnx" else "torchscript_path"
@@ -97,5 +106,6 @@ def export_student(
         "tuned": tuned,
         "parity": rows,
         "ok": all(r["ok"] for r in rows),
+        "int8": int8,
         "module": module,
     }

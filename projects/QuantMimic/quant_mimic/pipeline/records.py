@@ -5,7 +5,8 @@ A record holds ``bench``, ``preset``, ``stage``, ``config`` (relative to the rep
 ``overrides`` (the user's ``KEY VALUE`` list, which makes a row of its own), ``init`` ("random",
 or "pretrained" for a student started from the pretrain stage's ``backbone.pth``, then also
 ``init_sha256``, that file's SHA-256; a stage folder's ``init.json`` keeps it); a stage that
-calibrated its stride adds ``stride_calibration``; a student run that went to Inf/NaN adds
+calibrated its stride adds ``stride_calibration``; a mimic student adds ``loss_ratio``, its last
+logged λ·L_m / L_det; a student run that went to Inf/NaN adds
 ``diverged``, ``diverged_at_iter`` and ``error`` and has ``metrics`` {}.
 """
 
@@ -110,6 +111,7 @@ def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict
         "overrides": list(args.opts),
         **init_record(d),
         **_calibration_record(d),
+        **_loss_ratio_record(d),
     }
 
 
@@ -126,6 +128,26 @@ def divergence_message(e: BaseException) -> str:
     key = "FloatingPointError: "
     text = text[text.rindex(key) :] if key in text else f"{type(e).__name__}: {text}"
     return (text.strip().splitlines() or [""])[0][:300]
+
+
+def last_logged(d: str, key: str) -> Optional[float]:
+    """The last value of ``key`` the stage logged to ``metrics.json`` (None if never)."""
+    value = None
+    path = os.path.join(d, "metrics.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    value = float(json.loads(line)[key])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+    return value
+
+
+def _loss_ratio_record(d: str) -> Dict:
+    """A mimic student's λ·L_m / L_det at the end of training (``mimic/loss_ratio``), if logged."""
+    ratio = last_logged(d, "mimic/loss_ratio")
+    return {} if ratio is None else {"loss_ratio": ratio}
 
 
 def last_iteration(d: str) -> Optional[int]:
