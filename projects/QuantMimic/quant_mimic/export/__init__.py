@@ -26,79 +26,44 @@ ONNX / TorchScript contract (docs/SPEED.md; an ONNX file records it in its metad
   and post-processing (score threshold, NMS, ``TEST.DETECTIONS_PER_IMAGE``).
 """
 
-from .contract import CONTRACT_KEY, build_contract, class_names, read_contract, write_contract
-from .detector import Detections, Detector
-from .inference import StudentInference, fold_batchnorm
-from .lean_postprocess import CoordinateMajorBox2BoxTransform, batched_nms_topk, lean_postprocess
-from .operating_point import at_threshold, choose_threshold, operating_point, val_curve
-from .parity import ExportedDetector, compare_detections, parity_report
-from .runtime import (
-    ONNX_RUNTIMES,
-    ORT_LEVELS,
-    PRECISIONS,
-    OpenVINOSession,
-    bf16_supported,
-    conv_widths,
-    onnx_metadata,
-    ort_session,
-    run_onnx,
-    session_options,
-)
-from .session import onnx_session
-from .space_to_depth import rewrite_vgg_first_block
-from .student_file import example_images, export_student, val_images
-from .trace import ONNX_OPSET, export_onnx, export_torchscript
-from .tuning import (
-    best_ort_options,
-    nchwc_thresholds,
-    time_openvino,
-    time_ort_levels,
-    time_ort_options,
-    tune_onnx,
-)
+# The public API: every concern's names (each module's __all__), one flat namespace.
+from . import contract as _contract
+from . import detector as _detector
+from . import inference as _inference
+from . import lean_postprocess as _lean_postprocess
+from . import operating_point as _operating_point
+from . import parity as _parity
+from . import runtime as _runtime
+from . import session as _session
+from . import space_to_depth as _space_to_depth
+from . import student_file as _student_file
+from . import trace as _trace
+from . import tuning as _tuning
+from .contract import *  # noqa: F401,F403
+from .detector import *  # noqa: F401,F403
+from .inference import *  # noqa: F401,F403
+from .lean_postprocess import *  # noqa: F401,F403
+from .operating_point import *  # noqa: F401,F403
+from .parity import *  # noqa: F401,F403
+from .runtime import *  # noqa: F401,F403
+from .session import *  # noqa: F401,F403
+from .space_to_depth import *  # noqa: F401,F403
+from .student_file import *  # noqa: F401,F403
+from .trace import *  # noqa: F401,F403
+from .tuning import *  # noqa: F401,F403
 
-__all__ = [
-    "fold_batchnorm",
-    "StudentInference",
-    "rewrite_vgg_first_block",
-    "lean_postprocess",
-    "batched_nms_topk",
-    "CoordinateMajorBox2BoxTransform",
-    "ONNX_OPSET",
-    "export_torchscript",
-    "export_onnx",
-    "ORT_LEVELS",
-    "ONNX_RUNTIMES",
-    "PRECISIONS",
-    "onnx_metadata",
-    "conv_widths",
-    "ort_session",
-    "bf16_supported",
-    "OpenVINOSession",
-    "session_options",
-    "run_onnx",
-    "onnx_session",
-    "nchwc_thresholds",
-    "time_ort_levels",
-    "time_ort_options",
-    "best_ort_options",
-    "time_openvino",
-    "tune_onnx",
-    "ExportedDetector",
-    "compare_detections",
-    "parity_report",
-    "example_images",
-    "val_images",
-    "export_student",
-    "CONTRACT_KEY",
-    "build_contract",
-    "write_contract",
-    "class_names",
-    "read_contract",
-    "Detector",
-    "Detections",
-    "operating_point",
-    "val_curve",
-    "choose_threshold",
-    "at_threshold",
-]
+_MODULES = (
+    _contract,
+    _detector,
+    _inference,
+    _lean_postprocess,
+    _operating_point,
+    _parity,
+    _runtime,
+    _session,
+    _space_to_depth,
+    _student_file,
+    _trace,
+    _tuning,
+)  # noqa: E501
+__all__ = [name for module in _MODULES for name in module.__all__]

@@ -130,18 +130,23 @@ def divergence_message(e: BaseException) -> str:
     return (text.strip().splitlines() or [""])[0][:300]
 
 
+def _logged_lines(d: str):
+    """The records a stage logged to its ``metrics.json``, one dict a line (bad lines skipped)."""
+    path = os.path.join(d, "metrics.json")
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
 def last_logged(d: str, key: str) -> Optional[float]:
     """The last value of ``key`` the stage logged to ``metrics.json`` (None if never)."""
-    value = None
-    path = os.path.join(d, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    value = float(json.loads(line)[key])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-    return value
+    values = [r[key] for r in _logged_lines(d) if isinstance(r, dict) and key in r]
+    return float(values[-1]) if values else None
 
 
 def _loss_ratio_record(d: str) -> Dict:
@@ -152,16 +157,8 @@ def _loss_ratio_record(d: str) -> Dict:
 
 def last_iteration(d: str) -> Optional[int]:
     """The last iteration the stage logged to ``metrics.json`` (1-based), None if it logged none."""
-    last = None
-    path = os.path.join(d, "metrics.json")
-    if os.path.isfile(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    last = int(json.loads(line)["iteration"]) + 1
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    continue
-    return last
+    last = last_logged(d, "iteration")
+    return None if last is None else int(last) + 1
 
 
 def diverged_record(args, stage, seed, iters, device, d, error=None) -> Dict:
