@@ -259,6 +259,14 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.MIMIC.QUANT_METHOD = ""
     # λ of eq. 4 (paper: 0.1, 1, 10; Table 9). A float: write 10.0, not 10.
     _C.MODEL.MIMIC.LOSS_WEIGHT = 1.0
+    # How λ is set (ours; loss_balance.py): "fixed" = LOSS_WEIGHT (the paper); "balanced" = λ
+    # measured so that λ·L_m = BALANCE_RATIO · L_det (the detection losses), over the first
+    # BALANCE_ITERS iterations from START_ITER (λ = 0 meanwhile), then frozen (LOSS_WEIGHT unused).
+    _C.MODEL.MIMIC.LOSS_WEIGHT_MODE = "fixed"
+    # The target λ·L_m / L_det of "balanced" (> 0).
+    _C.MODEL.MIMIC.BALANCE_RATIO = 1.0
+    # Iterations measured before the balanced λ is frozen (≥ 1).
+    _C.MODEL.MIMIC.BALANCE_ITERS = 20
     # Scale of L_m (ours). "sum" (the paper, eq. 5/6): L_m = 1/(2N) Σ_i ‖·‖², summed over the
     # C·k·k entries of each RoI, so λ's meaning grows with the teacher's width C and the pooled size
     # k. "mean": L_m = 1/(2N) Σ_i ‖·‖² / (C·k·k), the per-entry mean, comparable across teachers.
@@ -322,6 +330,14 @@ def validate_quantmimic_config(cfg: CN) -> None:
     _check(0 < c.PERCENTILE <= 100, key + "PERCENTILE", c.PERCENTILE, "must be in (0, 100]")
     _check(c.NUM_IMAGES > 0, key + "NUM_IMAGES", c.NUM_IMAGES, "must be > 0")
     _check(m.LOSS_WEIGHT >= 0, "MODEL.MIMIC.LOSS_WEIGHT", m.LOSS_WEIGHT, "λ must be ≥ 0")
+    _check(
+        m.LOSS_WEIGHT_MODE in ("fixed", "balanced"),
+        "MODEL.MIMIC.LOSS_WEIGHT_MODE",
+        m.LOSS_WEIGHT_MODE,
+        "'fixed' (LOSS_WEIGHT) or 'balanced' (BALANCE_RATIO)",
+    )
+    _check(m.BALANCE_RATIO > 0, "MODEL.MIMIC.BALANCE_RATIO", m.BALANCE_RATIO, "must be > 0")
+    _check(m.BALANCE_ITERS >= 1, "MODEL.MIMIC.BALANCE_ITERS", m.BALANCE_ITERS, "must be ≥ 1")
     _check(
         m.LOSS_NORMALIZATION in ("sum", "mean"),
         "MODEL.MIMIC.LOSS_NORMALIZATION",

@@ -264,10 +264,13 @@ class Trainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
         # hooks (PeriodicCheckpointer) must get the safe one.
+        checkpointables = dict(self.checkpointer.checkpointables)
+        head = getattr(getattr(self.checkpointer.model, "module", self.checkpointer.model),
+                       "mimic_head", None)  # fmt: skip
+        if head is not None and head.balance is not None:  # the balanced λ resumes as it was
+            checkpointables["mimic_balance"] = head.balance
         self.checkpointer = SafeCheckpointer(
-            self.checkpointer.model,
-            self.cfg.OUTPUT_DIR,
-            **self.checkpointer.checkpointables,
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **checkpointables
         )
         return super().build_hooks()
 

@@ -31,6 +31,7 @@ from detectron2.modeling.poolers import (
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from .loss_balance import LossBalance
 from .quantization import quantize
 from .roi_max_pool import roi_max_pool
 
@@ -194,6 +195,7 @@ class RoIMimicHead:
         mismatch_threshold: float = 0.3,
         loss_normalization: str = "sum",
         pyramid: Optional[Tuple[int, int]] = None,
+        balance: Optional[LossBalance] = None,
     ):
         """
         Args:
@@ -214,6 +216,8 @@ class RoIMimicHead:
                 :func:`mimic_loss`.
             pyramid ((int, int)): (min, max) level when the pairs are FPN levels (see
                 :func:`pyramid_levels`); None: every RoI on every pair.
+            balance (LossBalance): λ measured from the losses instead of ``loss_weight``
+                (:mod:`quant_mimic.loss_balance`); None: the fixed λ.
         """
         assert len(student_feature_names) == len(teacher_feature_names) and (
             len(adapters) == len(student_feature_names) or (pyramid and len(adapters) == 1)
@@ -235,6 +239,7 @@ class RoIMimicHead:
         self.mismatch_threshold = mismatch_threshold
         self.loss_normalization = loss_normalization
         self.pyramid = tuple(pyramid) if pyramid else None
+        self.balance = balance
         quantize(torch.zeros(1), **self.quantizer)  # validate early
 
     @classmethod
@@ -282,17 +287,22 @@ class RoIMimicHead:
             mismatch_threshold=m.MISMATCH_THRESHOLD,
             loss_normalization=m.LOSS_NORMALIZATION,
             pyramid=pyramid,
+            balance=(
+                LossBalance(m.BALANCE_RATIO, m.BALANCE_ITERS, m.START_ITER)
+                if m.LOSS_WEIGHT_MODE == "balanced"
+                else None
+            ),
         )
 
-    def current_loss_weight(self, iteration: int) -> float:
-        """λ at ``iteration``: 0 outside [START_ITER, STOP_ITER), linear warm-up from START_ITER."""
+    def current_loss_weight(self, iteration: int, base: Optional[float] = None) -> float:
+        """λ at ``iteration``: 0 outside [START_ITER, STOP_ITER), linear warm-up from START_ITER;
+        ``base`` (default ``loss_weight``) is the λ the schedule scales."""
+        base = self.loss_weight if base is None else base
         if iteration < self.start_iter or (0 <= self.stop_iter <= iteration):
             return 0.0
         if self.warmup_iters > 0:
-            return self.loss_weight * min(
-                1.0, (iteration - self.start_iter + 1) / self.warmup_iters
-            )
-        return self.loss_weight
+            return base * min(1.0, (iteration - self.start_iter + 1) / self.warmup_iters)
+        return base
 
     def mimic_boxes(
         self, proposals: List[Instances], gt_instances: Optional[List[Instances]]
@@ -384,9 +394,11 @@ class RoIMimicHead:
         teacher_maps: Dict[str, torch.Tensor],
         student_maps: Dict[str, torch.Tensor],
         boxes: List[Boxes],
+        detection_loss: Optional[float] = None,
     ) -> Dict[str, torch.Tensor]:
         """
-        Args: see :meth:`paired_features`.
+        Args: see :meth:`paired_features`; ``detection_loss``: this step's detection losses (their
+            sum), which the balanced λ measures (:mod:`quant_mimic.loss_balance`).
 
         Returns:
             dict[str->Tensor]: {"loss_mimic": λ·L_m}; the unweighted L_m, λ, N and the Fig. 5
@@ -400,9 +412,10 @@ class RoIMimicHead:
                 {k: v.float() for k, v in teacher_maps.items()},
                 {k: v.float() for k, v in student_maps.items()},
                 boxes,
+                detection_loss,
             )
 
-    def _losses(self, teacher_maps, student_maps, boxes) -> Dict[str, torch.Tensor]:
+    def _losses(self, teacher_maps, student_maps, boxes, detection_loss) -> Dict[str, torch.Tensor]:
         total = student_maps[self.student_feature_names[0]].sum() * 0.0
         mismatches = []
         for f_t, f_s in self.paired_features(teacher_maps, student_maps, boxes):
@@ -418,7 +431,13 @@ class RoIMimicHead:
             total = total + loss
             mismatches.append(mismatch)
         storage = get_event_storage()
-        weight = self.current_loss_weight(storage.iter)
+        base = None
+        if self.balance is not None:
+            if detection_loss is None:
+                raise ValueError("the balanced λ needs the step's detection losses")
+            base = self.balance.update(storage.iter, total.detach().item(), float(detection_loss))
+            base = 0.0 if base is None else base  # λ = 0 while it is measured
+        weight = self.current_loss_weight(storage.iter, base)
         storage.put_scalar("mimic/num_rois", float(sum(len(b) for b in boxes)))
         storage.put_scalar("mimic/loss_unweighted", total.detach().item())
         storage.put_scalar("mimic/mismatch_ratio", torch.stack(mismatches).mean().item())

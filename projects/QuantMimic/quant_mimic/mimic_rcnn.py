@@ -126,10 +126,10 @@ class MimicRCNN(GeneralizedRCNN):
         losses.update(detector_losses)
         losses.update(proposal_losses)
         teacher_maps = self.teacher_maps(batched_inputs)
-        mimic = self.mimic_head.losses(teacher_maps, features, boxes)
-        storage = get_event_storage()
         # λ·L_m against the detection losses: the balance that decides whether a student learns
         detection = sum(v.detach() for v in losses.values())
+        mimic = self.mimic_head.losses(teacher_maps, features, boxes, float(detection))
+        storage = get_event_storage()
         storage.put_scalar(
             "mimic/loss_ratio", float(mimic["loss_mimic"].detach() / detection.clamp(min=1e-12))
         )

@@ -1,0 +1,123 @@
+"""No silent dead students (issue 35, in part): λ·L_m / L_det logged every step and kept in the
+pipeline's records; the balanced λ (quant_mimic.loss_balance: measured, frozen, checkpointed, one
+value on every rank); AMP refused on a CPU device; the mimic head in float32 under autocast."""
+
+import os
+import tempfile
+import unittest
+
+import torch
+
+from detectron2.engine import launch
+from detectron2.utils.events import EventStorage
+
+from quant_mimic import Trainer, setup_cfg
+from quant_mimic.loss_balance import LossBalance
+from quant_mimic.testing import FAST_OPTS, register_tiny_dataset, train_losses, trainer_opts
+
+from .common import CONFIG_DIR, build_model_no_weights, get_config, random_inputs
+
+QM = "PascalVOC-Detection/faster_rcnn_R18-1-16_C4_quant_mimic.yaml"
+BALANCED = ["MODEL.MIMIC.LOSS_WEIGHT_MODE", "balanced", "MODEL.MIMIC.BALANCE_RATIO", 0.5,
+            "MODEL.MIMIC.BALANCE_ITERS", 2]  # fmt: skip
+
+
+def _trainer_cfg(tmp, max_iter=4, extra=()):
+    name = register_tiny_dataset("qm_tiny_voc", os.path.join(tmp, "data"))
+    opts = FAST_OPTS + trainer_opts(name, os.path.join(tmp, "out"), max_iter)
+    opts += ["SOLVER.CHECKPOINT_PERIOD", 2] + list(extra)
+    return setup_cfg(os.path.join(CONFIG_DIR, QM), opts)
+
+
+class TestLossBalance(unittest.TestCase):
+    def test_measured_then_frozen(self):
+        b = LossBalance(ratio=0.5, iters=3, start_iter=10)
+        self.assertIsNone(b.update(5, 100.0, 1.0))  # before START_ITER: not measured
+        self.assertIsNone(b.update(10, 200.0, 2.0))
+        self.assertIsNone(b.update(11, 300.0, 3.0))
+        self.assertIsNone(b.update(12, 100.0, 1.0))  # the last measured one: λ = 0, then frozen
+        self.assertAlmostEqual(b.weight, 0.5 * 6.0 / 600.0)
+        self.assertAlmostEqual(b.update(13, 1.0, 100.0), 0.005)  # frozen
+        again = LossBalance(0.5, 3, 10)
+        again.load_state_dict(b.state_dict())
+        self.assertEqual(again.weight, b.weight)
+
+    def test_config_keys_are_checked(self):
+        for key, value in (("LOSS_WEIGHT_MODE", "auto"), ("BALANCE_RATIO", 0.0),
+                           ("BALANCE_ITERS", 0)):  # fmt: skip
+            with self.subTest(key=key), self.assertRaisesRegex(ValueError, key):
+                get_config(QM, [f"MODEL.MIMIC.{key}", value])
+
+    def test_balanced_lambda_in_training_checkpointed_and_resumed(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _trainer_cfg(tmp, extra=BALANCED)
+            lambdas, model = train_losses(cfg, key="mimic/lambda")
+            self.assertEqual(lambdas[:2], [0.0, 0.0])  # measuring: λ = 0
+            frozen = model.mimic_head.balance.weight
+            self.assertGreater(frozen, 0)
+            self.assertEqual(lambdas[2:], [frozen, frozen])
+            ckpt = torch.load(os.path.join(tmp, "out", "model_final.pth"), weights_only=False)
+            self.assertEqual(ckpt["mimic_balance"]["weight"], frozen)
+            # resumed from the iteration-2 checkpoint: the measurement and λ come back
+            trainer = Trainer(_trainer_cfg(tmp, max_iter=4, extra=BALANCED))
+            trainer.checkpointer.load(os.path.join(tmp, "out", "model_0000001.pth"))
+            head = trainer.model.mimic_head
+            self.assertEqual(head.balance.count, 2)
+            self.assertEqual(head.balance.weight, frozen)
+
+
+def _ddp_balance_worker(tmp):
+    from detectron2.utils import comm
+
+    cfg = _trainer_cfg(tmp, max_iter=3, extra=BALANCED)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    weight = trainer.model.module.mimic_head.balance.weight
+    weights = comm.all_gather(weight)
+    assert weight > 0 and len(set(weights)) == 1, weights
+
+
+class TestLossBalanceDDP(unittest.TestCase):
+    def test_every_rank_gets_the_same_lambda(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            launch(_ddp_balance_worker, 2, dist_url="auto", args=(tmp,))
+
+
+class TestBalanceAndPrecision(unittest.TestCase):
+    def test_loss_ratio_is_logged(self):
+        cfg = get_config(QM)
+        model = build_model_no_weights(cfg)
+        model.train()
+        with EventStorage() as storage:
+            losses = model(random_inputs(cfg))
+            ratio = storage.latest()["mimic/loss_ratio"][0]
+        detection = sum(v.item() for k, v in losses.items() if k != "loss_mimic")
+        self.assertAlmostEqual(ratio / (losses["loss_mimic"].item() / detection), 1.0, places=5)
+
+    def test_amp_on_a_cpu_device_is_refused_at_setup(self):
+        with self.assertRaisesRegex(ValueError, "SOLVER.AMP.ENABLED.*MODEL.DEVICE is 'cpu'"):
+            setup_cfg(
+                os.path.join(CONFIG_DIR, QM), ["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", True]
+            )
+
+    def test_mimic_head_stays_float32_under_autocast(self):
+        cfg = get_config(QM)
+        model = build_model_no_weights(cfg)
+        model.train()
+        inputs = random_inputs(cfg)
+        with EventStorage():
+            images = model.preprocess_image(inputs)
+            feats = model.backbone(images.tensor)
+            from detectron2.structures import Boxes
+
+            boxes = [Boxes(torch.tensor([[10.0, 10.0, 90.0, 120.0]]))] * 2
+            maps = model.teacher_maps(inputs)
+            plain = model.mimic_head.losses(maps, feats, boxes)["loss_mimic"]
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                mixed = model.mimic_head.losses(
+                    {k: v.bfloat16() for k, v in maps.items()}, feats, boxes
+                )["loss_mimic"]
+        self.assertEqual(mixed.dtype, torch.float32)
+        self.assertTrue(torch.isfinite(mixed))
+        self.assertAlmostEqual(mixed.item(), plain.item(), delta=0.02 * abs(plain.item()) + 1e-3)
