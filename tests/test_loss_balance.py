@@ -121,3 +121,75 @@ class TestBalanceAndPrecision(unittest.TestCase):
         self.assertEqual(mixed.dtype, torch.float32)
         self.assertTrue(torch.isfinite(mixed))
         self.assertAlmostEqual(mixed.item(), plain.item(), delta=0.02 * abs(plain.item()) + 1e-3)
+
+
+class _FakeTrainer:
+    def __init__(self, storage, save_dir=""):
+        from detectron2.checkpoint import DetectionCheckpointer
+
+        self.storage, self.iter = storage, 0
+        self.checkpointer = DetectionCheckpointer(torch.nn.Linear(1, 1), save_dir=save_dir)
+
+
+def _drive(guard, zero_fractions, **scalars):
+    """Run the guard over iterations whose student zero fraction is given (and other scalars,
+    ``a__b`` for ``a/b``); a "stop" guard's exception propagates."""
+    with EventStorage() as storage:
+        guard.trainer = _FakeTrainer(storage, getattr(guard, "_dir", ""))
+        for it, z in enumerate(zero_fractions):
+            storage.iter = guard.trainer.iter = it
+            storage.put_scalar("mimic/student_zero_fraction", z)
+            for k, v in scalars.items():
+                storage.put_scalar(k.replace("__", "/"), v)
+            guard.after_step()
+
+
+class TestCollapseGuard(unittest.TestCase):
+    def test_warns_once_on_a_dead_streak_and_never_on_a_healthy_run(self):
+        from quant_mimic.collapse_guard import CollapseGuard
+
+        healthy = [0.4, 0.9, 0.95, 0.998] * 25  # a surviving mimic student: many zeros, not all
+        guard = CollapseGuard("warn", 0.999, 20, ["res4"])
+        with self.assertNoLogs("quant_mimic.collapse_guard", "WARNING"):
+            _drive(guard, healthy)
+        dying = [0.5] * 30 + [1.0] * 60
+        guard = CollapseGuard("warn", 0.999, 20, ["res4"])
+        with self.assertLogs("quant_mimic.collapse_guard", "WARNING") as logs:
+            _drive(guard, dying, mimic__lambda=1.0, mimic__loss_ratio=480.0, lr=0.01)
+        self.assertEqual(len(logs.output), 1)
+        msg = logs.output[0]
+        for needle in (
+            "since iteration 31",
+            "λ = 1",
+            "LR = 0.01",
+            "480",
+            "LOSS_WEIGHT",
+            "['res4']",
+        ):
+            self.assertIn(needle, msg)
+        self.assertEqual(guard.fired_at, 49)  # 20 dead iterations, at the next check (every 10)
+
+    def test_stop_keeps_the_last_checkpoint_before_the_collapse(self):
+        from quant_mimic.collapse_guard import CollapseGuard, StudentCollapsed
+
+        with tempfile.TemporaryDirectory() as d:
+            for i in (9, 19, 29, 39):  # model_<i>.pth: weights after step i
+                torch.save({"model": {}}, os.path.join(d, f"model_{i:07d}.pth"))
+            guard = CollapseGuard("stop", 0.999, 20, ["vgg5"])
+            guard._dir = d
+            with self.assertRaisesRegex(StudentCollapsed, "model_0000019.pth"):
+                _drive(guard, [0.3] * 21 + [1.0] * 40)  # dead from step 21: model_20 on is dead
+            with open(os.path.join(d, "last_checkpoint")) as f:
+                self.assertEqual(f.read().strip(), "model_0000019.pth")
+
+    def test_trainer_registers_it_first_and_logs_the_signal(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = _trainer_cfg(tmp, max_iter=2)
+            trainer = Trainer(cfg)
+            from quant_mimic.collapse_guard import CollapseGuard
+
+            self.assertIsInstance(trainer._hooks[0], CollapseGuard)
+            zeros, _ = train_losses(cfg, key="mimic/student_zero_fraction")
+            self.assertTrue(all(0.0 <= z <= 1.0 for z in zeros))
+            off = _trainer_cfg(tmp, max_iter=2, extra=["MODEL.MIMIC.COLLAPSE_GUARD", "off"])
+            self.assertFalse(any(isinstance(h, CollapseGuard) for h in Trainer(off)._hooks))

@@ -267,6 +267,13 @@ def add_quantmimic_config(cfg: CN) -> None:
     _C.MODEL.MIMIC.BALANCE_RATIO = 1.0
     # Iterations measured before the balanced λ is frozen (≥ 1).
     _C.MODEL.MIMIC.BALANCE_ITERS = 20
+    # The collapse guard (ours; collapse_guard.py): "off", "warn" (a message once; the default: a
+    # false alarm never costs a run) or "stop" (an error, last_checkpoint set to the newest one
+    # before the collapse). A collapse: COLLAPSE_ITERS consecutive iterations in which at least
+    # COLLAPSE_ZERO_FRACTION of the student's mimic-layer output is exactly 0 (dead ReLUs).
+    _C.MODEL.MIMIC.COLLAPSE_GUARD = "warn"
+    _C.MODEL.MIMIC.COLLAPSE_ZERO_FRACTION = 0.999
+    _C.MODEL.MIMIC.COLLAPSE_ITERS = 20
     # Scale of L_m (ours). "sum" (the paper, eq. 5/6): L_m = 1/(2N) Σ_i ‖·‖², summed over the
     # C·k·k entries of each RoI, so λ's meaning grows with the teacher's width C and the pooled size
     # k. "mean": L_m = 1/(2N) Σ_i ‖·‖² / (C·k·k), the per-entry mean, comparable across teachers.
@@ -338,6 +345,19 @@ def validate_quantmimic_config(cfg: CN) -> None:
     )
     _check(m.BALANCE_RATIO > 0, "MODEL.MIMIC.BALANCE_RATIO", m.BALANCE_RATIO, "must be > 0")
     _check(m.BALANCE_ITERS >= 1, "MODEL.MIMIC.BALANCE_ITERS", m.BALANCE_ITERS, "must be ≥ 1")
+    _check(
+        m.COLLAPSE_GUARD in ("off", "warn", "stop"),
+        "MODEL.MIMIC.COLLAPSE_GUARD",
+        m.COLLAPSE_GUARD,
+        "'off', 'warn' or 'stop'",
+    )
+    _check(
+        0 < m.COLLAPSE_ZERO_FRACTION <= 1,
+        "MODEL.MIMIC.COLLAPSE_ZERO_FRACTION",
+        m.COLLAPSE_ZERO_FRACTION,
+        "must be in (0, 1]",
+    )
+    _check(m.COLLAPSE_ITERS >= 1, "MODEL.MIMIC.COLLAPSE_ITERS", m.COLLAPSE_ITERS, "must be ≥ 1")
     _check(
         m.LOSS_NORMALIZATION in ("sum", "mean"),
         "MODEL.MIMIC.LOSS_NORMALIZATION",

@@ -38,6 +38,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .checkpoint import SafeCheckpointer, load_student_weights
+from .collapse_guard import CollapseGuard
 from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
 from .data.data_file import apply_data_file, check_num_classes, data_opts
@@ -272,7 +273,18 @@ class Trainer(DefaultTrainer):
         self.checkpointer = SafeCheckpointer(
             self.checkpointer.model, self.cfg.OUTPUT_DIR, **checkpointables
         )
-        return super().build_hooks()
+        hooks = super().build_hooks()
+        m = self.cfg.MODEL.MIMIC
+        if head is not None and m.COLLAPSE_GUARD != "off":
+            # first: a "stop" acts before any checkpoint of the collapsed weights is written
+            guard = CollapseGuard(
+                m.COLLAPSE_GUARD,
+                m.COLLAPSE_ZERO_FRACTION,
+                m.COLLAPSE_ITERS,
+                head.student_feature_names,
+            )
+            hooks.insert(0, guard)
+        return hooks
 
     def resume_or_load(self, resume: bool = True):
         super().resume_or_load(resume=resume)

@@ -431,6 +431,10 @@ class RoIMimicHead:
             total = total + loss
             mismatches.append(mismatch)
         storage = get_event_storage()
+        with torch.no_grad():  # dead ReLUs at the mimic layer: the collapse guard's signal
+            zeros = sum(int((student_maps[n] == 0).sum()) for n in self.student_feature_names)
+            total_entries = sum(student_maps[n].numel() for n in self.student_feature_names)
+        storage.put_scalar("mimic/student_zero_fraction", zeros / max(total_entries, 1))
         base = None
         if self.balance is not None:
             if detection_loss is None:
