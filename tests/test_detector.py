@@ -66,6 +66,7 @@ class TestContract(unittest.TestCase):
             self.assertEqual((c["input"]["format"], c["input"]["channels"]), ("RGB", 3))
             self.assertEqual(c["input"]["pixel_mean"], list(cfg.MODEL.PIXEL_MEAN))
             self.assertEqual((c["resize"]["min_size"], c["resize"]["max_size"]), (240, 400))
+            self.assertEqual(c["resize"]["size_divisibility"], 0)  # C4: no padding
             self.assertEqual(c["score_threshold"], 0.0)
             self.assertEqual(c["detections_per_image"], cfg.TEST.DETECTIONS_PER_IMAGE)
             prov = c["provenance"]

@@ -6,7 +6,8 @@
   (``INPUT.FORMAT``: "BGR", "RGB" or "L" = one grey channel) and channel count, and the pixel mean
   and std, which the graph applies itself (``normalization: "in_graph"``);
 * ``resize``: detectron2's test-time rule, ``ResizeShortestEdge`` to ``min_size`` (0: no resize)
-  with the longer side at most ``max_size``; the graph pads to ``size_divisibility`` itself;
+  with the longer side at most ``max_size``; the graph pads to a multiple of
+  ``size_divisibility`` itself (0: no padding);
 * ``classes``: the class names, index = the ``classes`` output;
 * ``score_threshold`` and ``detections_per_image`` baked into the graph, and where the threshold
   comes from (``threshold_source``: the config's, for AP, or an operating point chosen by the user
@@ -78,6 +79,7 @@ def build_contract(
     weights: str,
     opset: int,
     threshold_source: Optional[Dict] = None,
+    size_divisibility: int = 0,
 ) -> Dict:
     """The contract of the file exported from ``cfg`` and ``weights`` (module docstring)."""
     return {
@@ -97,7 +99,8 @@ def build_contract(
             "rule": "ResizeShortestEdge",
             "min_size": int(cfg.INPUT.MIN_SIZE_TEST),
             "max_size": int(cfg.INPUT.MAX_SIZE_TEST),
-            "size_divisibility": "in_graph",
+            "size_divisibility": int(size_divisibility),
+            "padding": "in_graph",
         },
         "classes": class_names(cfg),
         "score_threshold": _score_threshold(cfg),

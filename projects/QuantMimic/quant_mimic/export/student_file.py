@@ -83,7 +83,9 @@ def export_student(
     example = list(check_images)[0] if check_images else example_images(cfg)[0]
     (export_onnx if fmt == "onnx" else export_torchscript)(module, example, output)
     if fmt == "onnx":  # the file carries its contract (classes, input, resize, threshold)
-        write_contract(output, build_contract(cfg, weights, ONNX_OPSET, threshold_source))
+        divisibility = getattr(module.model.backbone, "size_divisibility", 0)
+        contract = build_contract(cfg, weights, ONNX_OPSET, threshold_source, divisibility)
+        write_contract(output, contract)
     tuned = None
     chosen = runtime != "onnxruntime" or precision != "fp32"
     if fmt == "onnx" and (ort_threads > 0 or chosen):
