@@ -23,7 +23,8 @@ BALANCED = ["MODEL.MIMIC.LOSS_WEIGHT_MODE", "balanced", "MODEL.MIMIC.BALANCE_RAT
 
 
 def _trainer_cfg(tmp, max_iter=4, extra=()):
-    name = register_tiny_dataset("qm_tiny_voc", os.path.join(tmp, "data"))
+    # a name of its own per folder: a dataset registered once per process must not outlive it
+    name = register_tiny_dataset("qm_balance_" + os.path.basename(tmp), os.path.join(tmp, "data"))
     opts = FAST_OPTS + trainer_opts(name, os.path.join(tmp, "out"), max_iter)
     opts += ["SOLVER.CHECKPOINT_PERIOD", 2] + list(extra)
     return setup_cfg(os.path.join(CONFIG_DIR, QM), opts)
