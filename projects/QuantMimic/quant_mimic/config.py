@@ -272,7 +272,9 @@ def add_quantmimic_config(cfg: CN) -> None:
     # before the collapse). A collapse: COLLAPSE_ITERS consecutive iterations in which at least
     # COLLAPSE_ZERO_FRACTION of the student's mimic-layer output is exactly 0 (dead ReLUs).
     _C.MODEL.MIMIC.COLLAPSE_GUARD = "warn"
+    # The fraction of exact zeros in the student's mimic-layer output that counts as dead, (0, 1].
     _C.MODEL.MIMIC.COLLAPSE_ZERO_FRACTION = 0.999
+    # Consecutive dead iterations that make a collapse (≥ 1).
     _C.MODEL.MIMIC.COLLAPSE_ITERS = 20
     # Scale of L_m (ours). "sum" (the paper, eq. 5/6): L_m = 1/(2N) Σ_i ‖·‖², summed over the
     # C·k·k entries of each RoI, so λ's meaning grows with the teacher's width C and the pooled size
