@@ -233,3 +233,35 @@ class TestInt8(unittest.TestCase):
             out = Detector(done["int8"], threads=1)(_bgr(240, 320))
             self.assertEqual(out.image_size, (240, 320))
             self.assertTrue(set(out.class_names) <= set(EXAMPLE_CLASSES))
+
+
+class TestDemoVideo(unittest.TestCase):
+    def test_a_video_gets_boxes_drawn_and_one_json_line_per_frame(self):
+        import json
+        import sys
+
+        import cv2
+
+        from .common import REPO_ROOT
+
+        sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+        from demo import main as demo
+
+        with tempfile.TemporaryDirectory() as d:
+            data = write_coco_example(os.path.join(d, "data"), 2, 2)
+            _, path = _exported(d, C4, SMALL + ["DATASETS.DATA_FILE", data])
+            video = os.path.join(d, "clip.mp4")
+            writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 10, (160, 120))
+            for i in range(4):
+                writer.write(np.roll(_bgr(120, 160), 5 * i, axis=1))
+            writer.release()
+            out = os.path.join(d, "out")
+            self.assertEqual(demo(["--onnx", path, "--input", video, "--output", out,
+                                   "--score-thresh", "0"]), 0)  # fmt: skip
+            with open(os.path.join(out, "clip.jsonl")) as f:
+                lines = [json.loads(line) for line in f]
+            self.assertEqual([x["frame"] for x in lines], [0, 1, 2, 3])
+            self.assertTrue(
+                all(d["class"] in EXAMPLE_CLASSES for x in lines for d in x["detections"])
+            )
+            self.assertEqual(cv2.VideoCapture(os.path.join(out, "clip.mp4")).get(7), 4)
