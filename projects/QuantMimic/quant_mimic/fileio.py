@@ -36,7 +36,7 @@ def _fsync_dir(path: str) -> None:
         return
     try:
         os.fsync(fd)
-    except OSError:
+    except OSError:  # some filesystems refuse fsync on a folder; the rename itself is still atomic
         pass
     finally:
         os.close(fd)
