@@ -308,7 +308,9 @@ class TestPipelineOnYourData(unittest.TestCase):
                 self.assertEqual(len(export["parity"]), 2)
                 onnx.checker.check_model(onnx.load(export["path"]))
                 with open(os.path.join(out, "results.md")) as f:
-                    self.assertIn(f"Your data ({family} family)", f.read())
+                    table = f.read()
+                self.assertIn(f"Your data ({family} family)", table)
+                self.assertIn("λ·L_m / L_det", table)  # the mimic rows' measured balance
                 # the schedule came from epochs: 8 training images (7 with boxes for COCO) / 2
                 its = {r["stage"]: r["iterations"] for r in records}
                 self.assertEqual(its["teacher"], 2)

@@ -76,14 +76,22 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     preset = records[0]["preset"] if records else ""
     device = records[0]["device"] if records else ""
     custom = spec["kind"] == "custom"
+    # λ·L_m / L_det at the end of training, where the records hold it (mimic students)
+    ratios = {}
+    for r in records:
+        if r.get("loss_ratio") is not None:
+            ratios.setdefault(row_label(r), []).append(r["loss_ratio"])
     what = f"Your data ({bench.split('_', 1)[1]} family)" if custom else f"Synthetic {bench}"
     lines = [
         f"{what} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
         "seeds; a single run shows its value alone (teacher stages run once); runs that diverged "
         "(Inf/NaN) have no metrics and are counted apart.",
         "",
-        "| stage | n | " + " | ".join(names) + (" |" if custom else " | paper, real dataset |"),
-        "|---|---|" + "---|" * len(names) + ("" if custom else "---|"),
+        "| stage | n | "
+        + " | ".join(names)
+        + (" | λ·L_m / L_det" if ratios else "")
+        + (" |" if custom else " | paper, real dataset |"),
+        "|---|---|" + "---|" * (len(names) + bool(ratios)) + ("" if custom else "---|"),
     ]
     for label, stats in agg.items():
         n = max(s[2] for s in stats.values())
@@ -93,6 +101,9 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
             ("–" if not s[2] else f"{s[0]:.2f}" if s[2] == 1 else f"{s[0]:.2f} ± {s[1]:.2f}")
             for s in stats.values()
         ]
+        if ratios:
+            r = ratios.get(label)
+            cells.append(f"{statistics.mean(r):.3g}" if r else "–")
         paper = "" if custom else f" {spec['paper'][stage_of[label]]} |"
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |" + paper)
     return "\n".join(lines) + "\n"
