@@ -11,6 +11,7 @@ from detectron2.utils.events import EventStorage
 
 import quant_mimic  # noqa: F401  (registers the project's components)
 from quant_mimic import setup_cfg
+from quant_mimic.data.data_file import num_classes as num_classes_of
 from quant_mimic.testing import (  # noqa: F401  (shared with tools)
     FAST_OPTS,
     register_tiny_dataset,
@@ -49,7 +50,7 @@ def random_inputs(cfg, sizes=((200, 249), (160, 128)), num_boxes=(3, 0), seed=0)
     """
     g = torch.Generator().manual_seed(seed)
     channels = len(cfg.MODEL.PIXEL_MEAN)
-    num_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    num_classes = num_classes_of(cfg)  # the head's: ROI, RetinaNet or FCOS
     inputs = []
     for (h, w), n in zip(sizes, num_boxes):
         image = torch.rand(channels, h, w, generator=g) * 255

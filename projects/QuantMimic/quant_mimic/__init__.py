@@ -14,6 +14,8 @@ from . import data  # noqa: F401  (registers datasets)
 from .config import add_quantmimic_config
 from .divided_resnet import DividedRes5ROIHeads, build_divided_resnet_backbone
 from .engine import Trainer, get_config, setup_cfg
+from .fcos import FCOS
+from .mimic_dense import MimicFCOS, MimicRetinaNet
 from .mimic_head import RoIMimicHead, mimic_loss
 from .mimic_rcnn import MimicRCNN
 from .quantization import QuantizedBackbone, build_quantized_backbone, quantize
@@ -36,6 +38,9 @@ __all__ = [
     "build_divided_vgg_backbone",
     "RFCNROIHeads",
     "MimicRCNN",
+    "MimicRetinaNet",
+    "MimicFCOS",
+    "FCOS",
     "RoIMimicHead",
     "FrozenTeacher",
     "mimic_loss",

@@ -21,9 +21,38 @@ __all__ = [
     "validate_quantmimic_config",
     "resolve_teacher_config_path",
     "model_zoo_config_file",
+    "MIMIC_ARCHITECTURES",
+    "student_architecture",
+    "detector_in_features",
 ]
 
 TEACHER_CONFIG_KEY = "MODEL.MIMIC.TEACHER.CONFIG_FILE"
+
+# The mimic meta-architectures and the plain detectron2 detector each one trains (its inference).
+MIMIC_ARCHITECTURES = {
+    "MimicRCNN": "GeneralizedRCNN",
+    "MimicRetinaNet": "RetinaNet",
+    "MimicFCOS": "FCOS",
+}
+
+
+def student_architecture(cfg: CN) -> str:
+    """The detector ``cfg`` trains: a mimic meta-architecture's plain detectron2 detector
+    (:data:`MIMIC_ARCHITECTURES`), any other ``MODEL.META_ARCHITECTURE`` as it is."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    return MIMIC_ARCHITECTURES.get(arch, arch)
+
+
+def detector_in_features(cfg: CN) -> list:
+    """The feature maps a detector's heads read, "the end of its feature extractor" (§3.2): the
+    ROI heads' ``MODEL.ROI_HEADS.IN_FEATURES`` of a two-stage detector, the dense head's
+    ``MODEL.RETINANET.IN_FEATURES`` / ``MODEL.FCOS.IN_FEATURES`` of a one-stage one."""
+    arch = student_architecture(cfg)
+    if arch == "RetinaNet":
+        return list(cfg.MODEL.RETINANET.IN_FEATURES)
+    if arch == "FCOS":
+        return list(cfg.MODEL.FCOS.IN_FEATURES)
+    return list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
 
 
 def _is_kept_as_is(path: str) -> bool:
@@ -210,14 +239,15 @@ def add_quantmimic_config(cfg: CN) -> None:
     # rules); any other teacher or input is refused. Needs one training scale and no random crop
     # (teacher_cache.py).
     _C.MODEL.MIMIC.TEACHER.CACHE_DIR = ""
-    # Student feature maps to mimic; [] = MODEL.ROI_HEADS.IN_FEATURES ("the end of the feature
-    # extractor", §3.2).
+    # Student feature maps to mimic; [] = the maps its heads read, "the end of the feature
+    # extractor" (§3.2): MODEL.ROI_HEADS.IN_FEATURES, or RETINANET / FCOS.IN_FEATURES (one-stage).
     _C.MODEL.MIMIC.STUDENT_FEATURES = []
-    # Teacher feature maps, paired one to one with STUDENT_FEATURES; [] = the teacher config's
-    # MODEL.ROI_HEADS.IN_FEATURES.
+    # Teacher feature maps, paired one to one with STUDENT_FEATURES; [] = the maps the teacher's
+    # heads read (as for the student).
     _C.MODEL.MIMIC.TEACHER_FEATURES = []
     # N per image of eq. 5-6: the top-scoring proposals of the student's RPN after NMS (detached).
-    # Paper §3.5: 128 for Faster R-CNN, 2000 for R-FCN.
+    # Paper §3.5: 128 for Faster R-CNN, 2000 for R-FCN. One-stage students: the top detections
+    # (DENSE_ROIS).
     _C.MODEL.MIMIC.NUM_ROIS = 128
     # Also mimic on the ground-truth boxes of each image (not in the paper).
     _C.MODEL.MIMIC.ADD_GT_BOXES = False
@@ -289,6 +319,45 @@ def add_quantmimic_config(cfg: CN) -> None:
     # Fig. 5 diagnostic: fraction of RoI entries with |f_t - f_s| above this (logged as
     # mimic/mismatch_ratio).
     _C.MODEL.MIMIC.MISMATCH_THRESHOLD = 0.3
+    # The N RoIs of a one-stage student (MimicRetinaNet, MimicFCOS; mimic_dense.py), which has no
+    # proposals: "gt" (each ground-truth box and GT_COPIES jittered copies) and/or "detections"
+    # (the student's own top NUM_ROIS detections of the step, detached; the only RoIs of an image
+    # without ground truth).
+    _C.MODEL.MIMIC.DENSE_ROIS = CN()
+    # Sources of the one-stage RoIs: a non-empty subset of ["gt", "detections"].
+    _C.MODEL.MIMIC.DENSE_ROIS.SOURCES = ["gt", "detections"]
+    # Jittered copies of each ground-truth box, besides the box itself (≥ 0).
+    _C.MODEL.MIMIC.DENSE_ROIS.GT_COPIES = 4
+    # Largest shift of a jittered box's coordinate, as a fraction of the box's width or height.
+    _C.MODEL.MIMIC.DENSE_ROIS.GT_JITTER = 0.1
+
+    # ---------------------------------------------------------------------------------------------
+    # FCOS (fcos.py): detectron2's FCOS, which upstream has only a LazyConfig, from yacs keys with
+    # detectron2's defaults. MODEL.META_ARCHITECTURE "FCOS" (or "MimicFCOS" for a mimic student).
+    # ---------------------------------------------------------------------------------------------
+    _C.MODEL.FCOS = CN()
+    # Object classes.
+    _C.MODEL.FCOS.NUM_CLASSES = 80
+    # Backbone maps the head reads (FPN levels, equal channels).
+    _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    # Shared 3×3 convs of each branch (classification, box + centerness).
+    _C.MODEL.FCOS.NUM_CONVS = 4
+    # Normalization of the head's convs: "" (none), "BN", "SyncBN" or "GN" (32 groups).
+    _C.MODEL.FCOS.NORM = "GN"
+    # Prior probability of the classification bias at initialization.
+    _C.MODEL.FCOS.PRIOR_PROB = 0.01
+    # Radius (in strides) around a box's centre within which points are positives.
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    # α of the focal loss.
+    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    # γ of the focal loss.
+    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+    # Detections scored below this are dropped at inference.
+    _C.MODEL.FCOS.SCORE_THRESH_TEST = 0.2
+    # Candidates kept per level before NMS at inference.
+    _C.MODEL.FCOS.TOPK_CANDIDATES_TEST = 1000
+    # IoU of the per-class NMS at inference.
+    _C.MODEL.FCOS.NMS_THRESH_TEST = 0.6
 
     # ---------------------------------------------------------------------------------------------
     # R-FCN head (RFCNROIHeads, rfcn.py): MODEL.ROI_HEADS.NAME = "RFCNROIHeads". It reads the one
@@ -420,12 +489,12 @@ def validate_quantmimic_config(cfg: CN) -> None:
         list(m.TEACHER_FEATURES),
         f"must pair one to one with MODEL.MIMIC.STUDENT_FEATURES = {list(m.STUDENT_FEATURES)}",
     )
-    if cfg.MODEL.META_ARCHITECTURE == "MimicRCNN":
+    if cfg.MODEL.META_ARCHITECTURE in MIMIC_ARCHITECTURES:
         _check(
             bool(m.TEACHER.CONFIG_FILE),
             "MODEL.MIMIC.TEACHER.CONFIG_FILE",
             m.TEACHER.CONFIG_FILE,
-            "MimicRCNN needs its teacher's config file",
+            f"{cfg.MODEL.META_ARCHITECTURE} needs its teacher's config file",
         )
     if cfg.MODEL.ROI_HEADS.NAME == "RFCNROIHeads":
         _check(

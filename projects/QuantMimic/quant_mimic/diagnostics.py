@@ -38,10 +38,11 @@ def collect_mimic_statistics(
     config_file: str, opts: Sequence[str] = (), max_images: int = 0
 ) -> Dict:
     """
-    Evaluation pass of a trained :class:`MimicRCNN` (student weights from ``MODEL.WEIGHTS``, teacher
+    Evaluation pass of a trained mimic student (student weights from ``MODEL.WEIGHTS``, teacher
     from ``MODEL.MIMIC.TEACHER.*``) on the first dataset of ``DATASETS.TEST``: per image, the
-    student's test-time RPN proposals (the top ``MODEL.MIMIC.NUM_ROIS``) are the RoIs, as in
-    training.
+    student's test-time RoIs (:meth:`~quant_mimic.mimic_student.MimicStudent.test_mimic_boxes`:
+    the top ``MODEL.MIMIC.NUM_ROIS`` RPN proposals, or a one-stage student's top detections), as
+    in training.
 
     Returns:
         dict: ``roi_mismatch_ratio`` (list, one per RoI, Fig. 5), ``mismatch_threshold``,
@@ -52,7 +53,7 @@ def collect_mimic_statistics(
     """
     cfg = setup_cfg(config_file, list(opts) + ["DATALOADER.NUM_WORKERS", "0"])
     model = Trainer.build_model(cfg)  # loads the teacher, strictly
-    assert hasattr(model, "mimic_head"), "collect_mimic_statistics needs a MimicRCNN"
+    assert hasattr(model, "mimic_head"), "collect_mimic_statistics needs a mimic student"
     head = model.mimic_head
     DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
     model.eval()
@@ -68,8 +69,7 @@ def collect_mimic_statistics(
     for inputs in loader:
         images = model.preprocess_image(inputs)
         feature_maps = model.backbone(images.tensor)
-        proposals, _ = model.proposal_generator(images, feature_maps, None)
-        boxes = head.mimic_boxes(proposals, None)
+        boxes = model.test_mimic_boxes(images, feature_maps)
         teacher_maps = model.teacher_maps(inputs)
         # before Q: the statistics below apply Q themselves, on each side as the loss does
         for f_t, f_s in head.paired_features(teacher_maps, feature_maps, boxes, False):

@@ -12,7 +12,7 @@ from torch import nn
 
 from detectron2.config import CfgNode
 from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, ShapeSpec
-from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool
+from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock, ResNet
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
@@ -23,6 +23,7 @@ __all__ = [
     "divide_channels",
     "build_divided_resnet_backbone",
     "build_divided_resnet_fpn_backbone",
+    "build_divided_retinanet_resnet_fpn_backbone",
     "build_divided_res5_block",
     "DividedRes5ROIHeads",
 ]
@@ -122,6 +123,30 @@ def build_divided_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> F
         out_channels=divide_channels(cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RESNETS.CHANNEL_DIVISOR),
         norm=cfg.MODEL.FPN.NORM,
         top_block=LastLevelMaxPool(),
+        fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_divided_retinanet_resnet_fpn_backbone(cfg: CfgNode, input_shape: ShapeSpec) -> FPN:
+    """
+    detectron2's one-stage ResNet-FPN (``build_retinanet_resnet_fpn_backbone``: p3..p5 from
+    res3..res5 and p6, p7 from res5 by stride-2 3×3 convs) on the divided ResNet, the FPN's width
+    divided by the same n as :func:`build_divided_resnet_fpn_backbone`. The backbone of RetinaNet
+    and FCOS (``MODEL.FPN.IN_FEATURES`` res3..res5).
+
+    Returns:
+        FPN: outputs p3..p7 (strides 8..128), each with OUT_CHANNELS / n channels.
+    """
+    bottom_up = build_divided_resnet_backbone(cfg, input_shape)
+    out_channels = divide_channels(cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.RESNETS.CHANNEL_DIVISOR)
+    res5 = bottom_up.output_shape()["res5"].channels
+    return FPN(
+        bottom_up=bottom_up,
+        in_features=cfg.MODEL.FPN.IN_FEATURES,
+        out_channels=out_channels,
+        norm=cfg.MODEL.FPN.NORM,
+        top_block=LastLevelP6P7(res5, out_channels),
         fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
     )
 

@@ -31,6 +31,7 @@ from detectron2.modeling.poolers import (
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import get_event_storage
 
+from .config import detector_in_features
 from .loss_balance import LossBalance
 from .quantization import quantize
 from .roi_max_pool import roi_max_pool
@@ -92,11 +93,12 @@ def mimic_loss(
 def mimic_feature_names(cfg: CfgNode, tcfg: CfgNode, s_shapes, t_shapes) -> Tuple[List, List]:
     """
     The paired student/teacher feature-map names: ``MODEL.MIMIC.STUDENT/TEACHER_FEATURES``, by
-    default the maps each detector's ROI heads read ("the end of the feature extractor", §3.2).
+    default the maps each detector's heads read ("the end of the feature extractor", §3.2;
+    :func:`~quant_mimic.config.detector_in_features`).
     """
     m = cfg.MODEL.MIMIC
-    s_names = list(m.STUDENT_FEATURES) or list(cfg.MODEL.ROI_HEADS.IN_FEATURES)
-    t_names = list(m.TEACHER_FEATURES) or list(tcfg.MODEL.ROI_HEADS.IN_FEATURES)
+    s_names = list(m.STUDENT_FEATURES) or detector_in_features(cfg)
+    t_names = list(m.TEACHER_FEATURES) or detector_in_features(tcfg)
     for names, shapes, who in ((s_names, s_shapes, "student"), (t_names, t_shapes, "teacher")):
         missing = [n for n in names if n not in shapes]
         assert (
@@ -124,14 +126,14 @@ def _build_adapter(kind: str, student_channels: int, teacher_channels: int) -> n
 def pyramid_levels(cfg: CfgNode, s_names, t_names, s_shapes, t_shapes) -> Optional[Tuple[int, int]]:
     """
     (min level, max level) when the paired maps are pooled as a feature pyramid (FPN: each RoI on
-    one level), per ``MODEL.MIMIC.LEVEL_ASSIGNMENT`` ("auto": when the student maps are its ROI
-    heads' IN_FEATURES; ``cfg`` None: "pyramid"); None for one pair or "every". A pyramid needs
-    strides 2^k, k consecutive, equal on both sides: otherwise an error naming both.
+    one level), per ``MODEL.MIMIC.LEVEL_ASSIGNMENT`` ("auto": when the student maps are the ones
+    its heads read, ROI or one-stage; ``cfg`` None: "pyramid"); None for one pair or "every". A
+    pyramid needs strides 2^k, k consecutive, equal on both sides: otherwise an error naming both.
     """
     mode = cfg.MODEL.MIMIC.LEVEL_ASSIGNMENT if cfg is not None else "pyramid"
     if len(s_names) < 2 or mode == "every":
         return None
-    if mode == "auto" and list(s_names) != list(cfg.MODEL.ROI_HEADS.IN_FEATURES):
+    if mode == "auto" and list(s_names) != detector_in_features(cfg):
         return None
     s_strides = [s_shapes[n].stride for n in s_names]
     t_strides = [t_shapes[n].stride for n in t_names]

@@ -47,6 +47,7 @@ from detectron2.solver import WarmupParamScheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
+from .config import detector_in_features, student_architecture
 from .engine import get_config
 from .fileio import atomic_torch_save, atomic_write_text
 from .timing import fmt_s
@@ -80,6 +81,8 @@ PRETRAINABLE_BACKBONES = (
     "build_divided_resnet_fpn_backbone",
     "build_resnet_backbone",
     "build_resnet_fpn_backbone",
+    "build_divided_retinanet_resnet_fpn_backbone",
+    "build_retinanet_resnet_fpn_backbone",
 )
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BACKBONE_FILE, CLASSIFIER_FILE, METRICS_FILE = (
@@ -142,8 +145,8 @@ def check_image_folder(root: str) -> List[str]:
 
 def pretrain_detection_cfg(cfg: CfgNode) -> CfgNode:
     """
-    The detection config whose backbone is pretrained: a MimicRCNN student becomes its plain
-    ``GeneralizedRCNN`` (no teacher is built), ``MODEL.WEIGHTS`` is cleared.
+    The detection config whose backbone is pretrained: a mimic student becomes its plain detector
+    (``MimicRCNN`` → ``GeneralizedRCNN`` ...; no teacher is built), ``MODEL.WEIGHTS`` is cleared.
 
     Raises:
         PretrainError: the backbone cannot be pretrained this way (which, and why).
@@ -162,8 +165,7 @@ def pretrain_detection_cfg(cfg: CfgNode) -> CfgNode:
         )
     cfg = cfg.clone()
     cfg.defrost()
-    if cfg.MODEL.META_ARCHITECTURE == "MimicRCNN":
-        cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    cfg.MODEL.META_ARCHITECTURE = student_architecture(cfg)
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.DEVICE = "cpu"
     return cfg
@@ -245,9 +247,9 @@ def build_classifier(cfg: CfgNode, num_classes: int) -> Tuple[BackboneClassifier
     fpn = hasattr(backbone, "bottom_up") and hasattr(backbone, "in_features")
     net = backbone.bottom_up if fpn else backbone
     shapes = net.output_shape()
-    wanted = [f for f in cfg.MODEL.ROI_HEADS.IN_FEATURES if f in shapes]
+    wanted = [f for f in detector_in_features(cfg) if f in shapes]
     feature = wanted[0] if wanted and not fpn else max(shapes, key=lambda k: shapes[k].stride)
-    res5 = getattr(model.roi_heads, "res5", None)
+    res5 = getattr(getattr(model, "roi_heads", None), "res5", None)
     channels = shapes[feature].channels
     if res5 is not None:
         with torch.no_grad():

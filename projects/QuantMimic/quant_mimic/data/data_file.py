@@ -349,9 +349,9 @@ def _set(cfg, key: str, value) -> None:
 def num_classes_key(cfg) -> str:
     """The config key holding the detector's class count (by ``MODEL.META_ARCHITECTURE``)."""
     arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "RetinaNet" or arch.startswith("Retina"):
+    if "RetinaNet" in arch:  # RetinaNet, MimicRetinaNet
         return "MODEL.RETINANET.NUM_CLASSES"
-    if arch.startswith("FCOS") and _get(cfg, "MODEL.FCOS.NUM_CLASSES") is not None:
+    if "FCOS" in arch and _get(cfg, "MODEL.FCOS.NUM_CLASSES") is not None:
         return "MODEL.FCOS.NUM_CLASSES"
     return "MODEL.ROI_HEADS.NUM_CLASSES"
 

@@ -26,6 +26,7 @@ from typing import Dict, List, Optional
 
 from detectron2.config import CfgNode
 
+from ..config import student_architecture
 from ..fileio import atomic_output, file_sha256
 from ..version import __version__
 
@@ -68,9 +69,11 @@ def class_names(cfg: CfgNode) -> List[str]:
 
 
 def _score_threshold(cfg: CfgNode) -> float:
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch.startswith("Retina"):
+    arch = student_architecture(cfg)
+    if arch == "RetinaNet":
         return float(cfg.MODEL.RETINANET.SCORE_THRESH_TEST)
+    if arch == "FCOS":
+        return float(cfg.MODEL.FCOS.SCORE_THRESH_TEST)
     return float(cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST)
 
 

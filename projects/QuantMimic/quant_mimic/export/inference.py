@@ -10,7 +10,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from detectron2.layers import Conv2d, FrozenBatchNorm2d
-from detectron2.modeling import GeneralizedRCNN
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 
 from ..timing import median_ms
 from .space_to_depth import rewrite_vgg_first_block
@@ -53,11 +53,12 @@ def fold_batchnorm(model: nn.Module) -> int:
 class StudentInference(nn.Module):
     """
     The detector's whole single-image inference as ``image (C, H, W) -> boxes, scores, classes``
-    (module docstring). Built from an evaluated ``GeneralizedRCNN`` (a MimicRCNN is one: its
-    inference is the student's); a deep copy, in eval mode, optionally with BN folded.
+    (module docstring). Built from an evaluated ``GeneralizedRCNN`` or one-stage ``DenseDetector``
+    (RetinaNet, FCOS; a mimic student is one of them: its inference is the student's); a deep
+    copy, in eval mode, optionally with BN folded.
     """
 
-    def __init__(self, model: GeneralizedRCNN, fold_bn: bool = True, space_to_depth: bool = False):
+    def __init__(self, model: nn.Module, fold_bn: bool = True, space_to_depth: bool = False):
         """
         Args:
             fold_bn (bool): fold BatchNorm into the convolutions (:func:`fold_batchnorm`).
@@ -78,8 +79,20 @@ class StudentInference(nn.Module):
 
     def forward(self, image: torch.Tensor):
         with torch.backends.mkldnn.flags(enabled=self.onednn):
-            instances = self.model.inference([{"image": image}], do_postprocess=False)[0]
+            if isinstance(self.model, DenseDetector):
+                instances = self._dense_inference(image)
+            else:
+                instances = self.model.inference([{"image": image}], do_postprocess=False)[0]
         return instances.pred_boxes.tensor, instances.scores, instances.pred_classes.long()
+
+    def _dense_inference(self, image: torch.Tensor):
+        """A one-stage detector's inference on one image, before ``detector_postprocess`` (as
+        ``inference(..., do_postprocess=False)`` of a ``GeneralizedRCNN``)."""
+        model = self.model
+        images = model.preprocess_image([{"image": image}])
+        maps = model.backbone(images.tensor)
+        features = [maps[f] for f in model.head_in_features]
+        return model.forward_inference(images, features, model.head(features))[0]
 
     @torch.no_grad()
     def autotune_conv_backend(self, image: torch.Tensor, runs: int = 5) -> Dict[str, float]:

@@ -73,7 +73,10 @@ class CoordinateMajorBox2BoxTransform:
         ctr_y = y0 + 0.5 * heights
 
         # (N, k) each -> (k, N): one row per transformation
-        dx, dy, dw, dh = (d.t() for d in deltas.reshape(n, -1, 4).unbind(2))
+        if deltas.shape[1] == 4:  # k = 1 (the RPN, one-stage heads): N may be 0, no reshape
+            dx, dy, dw, dh = deltas.t().unsqueeze(1).unbind(0)
+        else:
+            dx, dy, dw, dh = (d.t() for d in deltas.reshape(n, -1, 4).unbind(2))
         wx, wy, ww, wh = self.weights
         dx = dx / wx
         dy = dy / wy
@@ -173,23 +176,40 @@ class _TopKNMS:
 
         return wrapped
 
+    def keeping_attribute(self, model: nn.Module):
+        """``model.inference_single_image`` of a one-stage detector, NMS routed with k = its
+        ``max_detections_per_image`` (it keeps ``keep[:max_detections_per_image]``)."""
+        fn = model.inference_single_image
+
+        def wrapped(*args, **kwargs):
+            self.stack.append(int(model.max_detections_per_image))
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.stack.pop()
+
+        return wrapped
+
 
 @contextlib.contextmanager
 def lean_postprocess(model: nn.Module) -> Iterator[nn.Module]:
     """
-    Within the context, ``model`` (a detectron2 ``GeneralizedRCNN``) decodes boxes with
-    :class:`CoordinateMajorBox2BoxTransform` and its RPN and box head run NMS through
-    :func:`batched_nms_topk` with their post-NMS top-k (``post_nms_topk``, ``topk_per_image``).
+    Within the context, ``model`` (a detectron2 ``GeneralizedRCNN``, ``RetinaNet`` or ``FCOS``)
+    decodes boxes with :class:`CoordinateMajorBox2BoxTransform` (where it uses a
+    ``Box2BoxTransform``) and its RPN and box head (a one-stage detector: its head) run NMS
+    through :func:`batched_nms_topk` with their post-NMS top-k (``post_nms_topk``,
+    ``topk_per_image``, ``max_detections_per_image``).
     Same detections; the exported graph is the lean one of the module docstring. Everything is
     restored on exit.
     """
+    from detectron2.modeling.meta_arch import fcos, retinanet
     from detectron2.modeling.proposal_generator import proposal_utils, rpn
     from detectron2.modeling.roi_heads import fast_rcnn
 
     predictors = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
     if not isinstance(predictors, nn.ModuleList):  # cascade heads have one per stage
         predictors = [predictors]
-    owners = [getattr(model, "proposal_generator", None), *predictors]
+    owners = [getattr(model, "proposal_generator", None), *predictors, model]
     swapped = [
         (o, o.box2box_transform)
         for o in owners
@@ -209,8 +229,13 @@ def lean_postprocess(model: nn.Module) -> Iterator[nn.Module]:
             "fast_rcnn_inference_single_image",
             router.keeping(fast_rcnn.fast_rcnn_inference_single_image, "topk_per_image"),
         ),
+        # one-stage detectors (RetinaNet, FCOS): their per-class NMS, then keep[:max detections]
+        (retinanet, "batched_nms", router.batched_nms),
+        (fcos, "batched_nms", router.batched_nms),
     ]
-    originals = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    if hasattr(model, "inference_single_image") and hasattr(model, "max_detections_per_image"):
+        patches.append((model, "inference_single_image", router.keeping_attribute(model)))
+    originals = [(module, name, module.__dict__.get(name)) for module, name, _ in patches]
     try:
         for owner, transform in swapped:
             owner.box2box_transform = CoordinateMajorBox2BoxTransform(transform)
@@ -219,6 +244,9 @@ def lean_postprocess(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         for module, name, original in originals:
-            setattr(module, name, original)
+            if original is None:  # an instance's bound method: the class's again
+                delattr(module, name)
+            else:
+                setattr(module, name, original)
         for owner, transform in swapped:
             owner.box2box_transform = transform

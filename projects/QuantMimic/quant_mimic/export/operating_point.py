@@ -191,6 +191,8 @@ def set_score_threshold(cfg, threshold: float) -> None:
     """Bake ``threshold`` into ``cfg``'s test-time score threshold (every head that has one)."""
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = float(threshold)
     cfg.MODEL.RETINANET.SCORE_THRESH_TEST = float(threshold)
+    if "FCOS" in cfg.MODEL:
+        cfg.MODEL.FCOS.SCORE_THRESH_TEST = float(threshold)
 
 
 def operating_point(cfg, weights: str, score_thresh=None, target: str = "") -> Dict:

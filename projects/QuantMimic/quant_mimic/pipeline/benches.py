@@ -125,6 +125,26 @@ BENCHES["voc_fpn"] = {
     "paper": {stage: "not in the paper (C4 only)" for stage in BENCHES["voc"]["configs"]},
 }
 
+# The VOC benchmark with one-stage students (docs/OTHER_HEADS.md): the ResNet18 RetinaNet teacher
+# (quantized for Quantization Mimic) -> ResNet18-1-16 RetinaNet or FCOS students, their RoIs the
+# ground truth and their own detections (mimic_dense.py). Not a paper row.
+for _bench, _arch in (("voc_retinanet", "retinanet"), ("voc_fcos", "fcos")):
+    BENCHES[_bench] = {
+        "kind": "voc",
+        "data_dir": "synth/VOC2007",
+        "configs": {
+            "teacher": "retinanet_R18_FPN_teacher.yaml",
+            "teacher_quantized": "retinanet_R18_FPN_teacher_quantized.yaml",
+            **{
+                stage: f"{_arch}_R18-1-16_FPN_{stage}.yaml"
+                for stage in STUDENT_TEACHER  # scratch ... quant_mimic
+            },
+        },
+        "metrics": ("bbox/AP50", "bbox/AP"),
+        "paper": {
+            stage: "not in the paper (two-stage only)" for stage in BENCHES["voc"]["configs"]
+        },
+    }
 
 # Your data (``--data FILE``, docs/YOUR_DATA.md): one bench per student family of configs/Custom,
 # the same stages as the built-in benches without the synthetic data, ending with the export.
