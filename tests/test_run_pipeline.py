@@ -484,6 +484,31 @@ class TestSmokePipeline(unittest.TestCase):
             self.assertNotEqual(proc.returncode, 0)
             self.assertIn("started with {'init': 'pretrained'", proc.stderr)
 
+    def test_one_stage_benches_end_to_end(self):
+        # docs/OTHER_HEADS.md: the RetinaNet teacher, its quantized finetuning (p3..p7), the
+        # RetinaNet / FCOS scratch and Quantization Mimic students, the student exported with parity
+        # (FCOS without scratch and export, which test_mimic_dense.py covers: the test's time)
+        for bench, arch, extra in (
+            ("voc_retinanet", "retinanet", ["scratch", "export"]),
+            ("voc_fcos", "fcos", []),
+        ):
+            with self.subTest(bench=bench), tempfile.TemporaryDirectory() as out:
+                stages = ["teacher", "teacher_quantized", "quant_mimic", *extra]
+                _run(out, "--stages", *stages, bench=bench, seeds=1)
+                with open(os.path.join(out, "results.json")) as f:
+                    records = {r["stage"]: r for r in json.load(f)}
+                self.assertEqual(sorted(records), sorted(s for s in stages if s != "export"))
+                self.assertIn("retinanet_R18_FPN_teacher", records["teacher"]["config"])
+                self.assertIn(f"{arch}_R18-1-16_FPN_quant_mimic", records["quant_mimic"]["config"])
+                self.assertIn("bbox/AP50", records["quant_mimic"]["metrics"])
+                with open(os.path.join(out, "quant_mimic_seed0", "metrics.json")) as f:
+                    text = f.read()
+                self.assertIn("loss_mimic", text)
+                self.assertIn("mimic/loss_ratio", text)
+                if "export" in stages:
+                    with open(os.path.join(out, "export", "export.json")) as f:
+                        self.assertTrue(json.load(f)["ok"])
+
     def test_fpn_bench_end_to_end(self):
         # docs/OTHER_HEADS.md: the FPN student pretrained through its bottom-up, the FPN teacher,
         # its quantized finetuning (p2..p5) and Quantization Mimic on the pyramid

@@ -80,10 +80,18 @@ def _local_or_zoo(path: str, value: str) -> str:
     return model_zoo_config_file(value) or path
 
 
+class _KeyReader(yaml.SafeLoader):
+    """A safe yaml loader that reads python-object tags (detectron2's configs compute anchor sizes
+    with ``!!python/object/apply:eval``) as None instead of failing or running them."""
+
+
+_KeyReader.add_multi_constructor("tag:yaml.org,2002:python/", lambda loader, suffix, node: None)
+
+
 def _named_in_yaml(config_file: str) -> Optional[tuple]:
     """(value, yaml file) of the teacher config key in ``config_file`` or, if absent, its bases."""
     with open(config_file) as f:
-        data = yaml.safe_load(f) or {}
+        data = yaml.load(f, Loader=_KeyReader) or {}
     value = ((data.get("MODEL") or {}).get("MIMIC") or {}).get("TEACHER", {}) or {}
     if "CONFIG_FILE" in value:
         return value["CONFIG_FILE"], config_file
