@@ -498,7 +498,7 @@ class TestSmokePipeline(unittest.TestCase):
                 with open(os.path.join(out, "results.json")) as f:
                     records = {r["stage"]: r for r in json.load(f)}
                 self.assertEqual(sorted(records), sorted(s for s in stages if s != "export"))
-                self.assertIn("retinanet_R18_FPN_teacher", records["teacher"]["config"])
+                self.assertIn("retinanet_R18-1-4_FPN_teacher", records["teacher"]["config"])
                 self.assertIn(f"{arch}_R18-1-16_FPN_quant_mimic", records["quant_mimic"]["config"])
                 self.assertIn("bbox/AP50", records["quant_mimic"]["metrics"])
                 with open(os.path.join(out, "quant_mimic_seed0", "metrics.json")) as f:

@@ -125,7 +125,8 @@ BENCHES["voc_fpn"] = {
     "paper": {stage: "not in the paper (C4 only)" for stage in BENCHES["voc"]["configs"]},
 }
 
-# The VOC benchmark with one-stage students (docs/OTHER_HEADS.md): the ResNet18 RetinaNet teacher
+# The VOC benchmark with one-stage students (docs/OTHER_HEADS.md): the ResNet18-1-4 RetinaNet
+# teacher
 # (quantized for Quantization Mimic) -> ResNet18-1-16 RetinaNet or FCOS students, their RoIs the
 # ground truth and their own detections (mimic_dense.py). Not a paper row.
 for _bench, _arch in (("voc_retinanet", "retinanet"), ("voc_fcos", "fcos")):
@@ -133,8 +134,8 @@ for _bench, _arch in (("voc_retinanet", "retinanet"), ("voc_fcos", "fcos")):
         "kind": "voc",
         "data_dir": "synth/VOC2007",
         "configs": {
-            "teacher": "retinanet_R18_FPN_teacher.yaml",
-            "teacher_quantized": "retinanet_R18_FPN_teacher_quantized.yaml",
+            "teacher": "retinanet_R18-1-4_FPN_teacher.yaml",
+            "teacher_quantized": "retinanet_R18-1-4_FPN_teacher_quantized.yaml",
             **{
                 stage: f"{_arch}_R18-1-16_FPN_{stage}.yaml"
                 for stage in STUDENT_TEACHER  # scratch ... quant_mimic
