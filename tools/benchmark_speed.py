@@ -46,6 +46,7 @@ from typing import Dict, List
 import torch
 
 from detectron2.modeling import build_model
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.modeling.postprocessing import detector_postprocess
 
 from quant_mimic import get_config
@@ -71,9 +72,12 @@ PEER = "torchvision fasterrcnn_mobilenet_v3_large_320_fpn"
 
 
 def backbone_gmacs(model, channels: int, height: int = 600, width: int = 1000) -> float:
-    """fvcore's count of the backbone's multiply-adds at height×width (one image)."""
+    """fvcore's count of the backbone's multiply-adds at height×width (one image; padded to the
+    backbone's size divisibility, as the detector pads it)."""
     from fvcore.nn import FlopCountAnalysis
 
+    d = max(int(getattr(model.backbone, "size_divisibility", 0)), 1)  # an FPN pads the input
+    height, width = -(-height // d) * d, -(-width // d) * d
     x = torch.zeros(1, channels, height, width, device=next(model.parameters()).device)
     counter = FlopCountAnalysis(model.backbone, x)
     counter.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -101,10 +105,23 @@ def time_split(module: StudentInference, image, runs: int, warmup: int, cuda: bo
     def post():
         detector_postprocess(state["results"][0], image.shape[1], image.shape[2])
 
+    steps = (("preprocess", pre), ("backbone", backbone), ("rpn", rpn), ("roi_head", head),
+             ("postprocess", post))  # fmt: skip
+    if isinstance(m, DenseDetector):  # one stage: the dense head, then decoding + NMS
+
+        def dense_head():
+            state["levels"] = [state["features"][f] for f in m.head_in_features]
+            state["predictions"] = m.head(state["levels"])
+
+        def dense_post():
+            results = m.forward_inference(state["images"], state["levels"], state["predictions"])
+            detector_postprocess(results[0], image.shape[1], image.shape[2])
+
+        steps = (("preprocess", pre), ("backbone", backbone), ("dense_head", dense_head),
+                 ("postprocess", dense_post))  # fmt: skip
     split = {}
     with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=module.onednn):
-        for name, fn in (("preprocess", pre), ("backbone", backbone), ("rpn", rpn),
-                         ("roi_head", head), ("postprocess", post)):  # fmt: skip
+        for name, fn in steps:
             fn()
             split[name + "_ms"] = round(median_ms(fn, runs, warmup, cuda), 3)
     return split

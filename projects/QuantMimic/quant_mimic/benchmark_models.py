@@ -11,6 +11,9 @@ MODELS: Dict[str, tuple] = {
     "VGG-1-32 R-FCN": ("WIDERFace/rfcn_VGG-1-32_scratch.yaml", []),
     "ResNet18 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18_C4_teacher.yaml", []),
     "ResNet18-1-16 Faster R-CNN": ("PascalVOC-Detection/faster_rcnn_R18-1-16_C4_scratch.yaml", []),
+    # one-stage students (docs/OTHER_HEADS.md): detectron2's RetinaNet / FCOS at 1-16
+    "ResNet18-1-16 RetinaNet": ("PascalVOC-Detection/retinanet_R18-1-16_FPN_scratch.yaml", []),
+    "ResNet18-1-16 FCOS": ("PascalVOC-Detection/fcos_R18-1-16_FPN_scratch.yaml", []),
 }
 # The students at the test-time proposal counts chosen for the tiny model (README "Speed": greedy
 # NMS keeps the same top-scoring survivors from a shorter pre-NMS list; the AP cost is measured by
