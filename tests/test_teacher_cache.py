@@ -280,7 +280,7 @@ if __name__ == "__main__":
 
 
 class TestCacheIdentityUpgrade(unittest.TestCase):
-    def test_teacher_mimic_keys_do_not_invalidate_a_cache(self):
+    def test_teacher_mimic_and_fcos_keys_do_not_invalidate_a_cache(self):
         from quant_mimic.teacher_cache import FORMAT_VERSION, TeacherMapCache
 
         identity = {
@@ -290,9 +290,10 @@ class TestCacheIdentityUpgrade(unittest.TestCase):
         }
         identity.update(quantizer=None, quantized_features=[])
         with tempfile.TemporaryDirectory() as d:
-            old = dict(identity, teacher_config={**identity["teacher_config"], "MODEL.MIMIC.X": 1})
+            keys = {**identity["teacher_config"], "MODEL.MIMIC.X": 1, "MODEL.FCOS.NORM": "GN"}
+            old = dict(identity, teacher_config=keys)
             with open(os.path.join(d, "manifest.json"), "w") as f:
-                json.dump(old, f)  # written by a version that kept the teacher's MIMIC keys
+                json.dump(old, f)  # written by a version that kept the MIMIC and FCOS keys
             TeacherMapCache(d, identity)  # opens
             other = dict(identity, teacher_config={"MODEL.RESNETS.DEPTH": 34})
             with self.assertRaisesRegex(TeacherCacheError, "MODEL.RESNETS.DEPTH"):

@@ -157,13 +157,17 @@ def cache_identity(
 
 def _maps_config(flat_model: Dict) -> Dict:
     """The teacher's MODEL keys that can change its maps: not its weights path or device, nor its
-    own MODEL.MIMIC.* (a teacher is never a MimicRCNN), so that a new mimic key of this project
+    own MODEL.MIMIC.* (a teacher is never a mimic student), nor MODEL.FCOS.* (keys of FCOS's
+    head, which this project added; no backbone reads them), so that a new key of this project
     does not invalidate the caches built before it."""
     return {
         k: v
         for k, v in flat_model.items()
-        if k not in ("MODEL.WEIGHTS", "MODEL.DEVICE") and not k.startswith("MODEL.MIMIC.")
+        if k not in ("MODEL.WEIGHTS", "MODEL.DEVICE") and not k.startswith(_NOT_MAPS_KEYS)
     }
+
+
+_NOT_MAPS_KEYS = ("MODEL.MIMIC.", "MODEL.FCOS.")
 
 
 def _differences(old: Dict, new: Dict, prefix: str = "") -> List[str]:
