@@ -201,6 +201,31 @@ class TestOneStageExport(unittest.TestCase):
                 self.assertEqual(len(contract["classes"]), 6)
 
 
+def _ddp_worker(tmp):
+    from quant_mimic import Trainer
+
+    cfg = tiny_mimic_cfg(tmp, RETINA_QM, max_iter=2)
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    model = trainer.model
+    assert isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    assert not isinstance(model.module.teacher, torch.nn.parallel.DistributedDataParallel)
+    from detectron2.utils import comm
+
+    if comm.is_main_process():  # detectron2 logs the reduced losses on the main process
+        assert "loss_mimic" in trainer.storage.histories()
+
+
+class TestOneStageDDP(unittest.TestCase):
+    def test_two_process_gloo(self):
+        from detectron2.engine import launch
+
+        with tempfile.TemporaryDirectory() as tmp:
+            launch(_ddp_worker, 2, dist_url="auto", args=(tmp,))
+            self.assertTrue(os.path.isfile(os.path.join(tmp, "out", "model_final.pth")))
+
+
 def _threshold_in_a_gap(model, image) -> float:
     """A score threshold in the widest gap between the 10th and the 60th best scores of ``model``
     on ``image`` (no detection within float noise of it)."""
