@@ -6,9 +6,9 @@ filled teacher-map cache (``MODEL.MIMIC.TEACHER.CACHE_DIR``), measured side by s
     python tools/benchmark_train.py --config-file CFG [--iters N] [--warmup W] [--json F] \
         [--bench faces|voc --preset cpu] [--out DIR] [KEY VALUE ...]
 
-CFG is a MimicRCNN config; "scratch" is the same config with ``MODEL.META_ARCHITECTURE
-GeneralizedRCNN`` (the same student, no teacher, no mimic loss). Each row runs the real trainer's
-``run_step`` (data loading included) W + N times and reports the median of the last N. The cache
+CFG is a mimic config (MimicRCNN, MimicRetinaNet, MimicFCOS); "scratch" is the same config with
+its plain detector as ``MODEL.META_ARCHITECTURE`` (the same student, no teacher, no mimic loss).
+Each row runs the real trainer's ``run_step`` (data loading included) W + N times and reports the median of the last N. The cache
 row pre-fills the cache first (its time is reported apart). ``--preset`` applies the pipeline
 preset's overrides (every stage + student) and generates its synthetic data under DIR/datasets.
 Without teacher weights (``MODEL.MIMIC.TEACHER.WEIGHTS`` missing) the teacher is random: the
@@ -27,6 +27,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, get_config
+from quant_mimic.config import MIMIC_ARCHITECTURES, student_architecture
 from quant_mimic.fileio import atomic_write_text
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
 from quant_mimic.timing import host_info
@@ -77,7 +78,7 @@ def projected_sizes(model, cfg) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--config-file", required=True, help="a MimicRCNN config")
+    p.add_argument("--config-file", required=True, help="a mimic config")
     p.add_argument("--iters", type=int, default=100)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--json", default="", help="write the rows here")
@@ -102,8 +103,8 @@ def main(argv=None) -> int:
         opts = dict_opts(preset.get("opts")) + dict_opts(preset.get("student")) + opts
     opts += ["TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", os.path.join(out, "run")]
     base = get_config(args.config_file, opts)
-    if base.MODEL.META_ARCHITECTURE != "MimicRCNN":
-        p.error(f"{args.config_file} is not a MimicRCNN config")
+    if base.MODEL.META_ARCHITECTURE not in MIMIC_ARCHITECTURES:
+        p.error(f"{args.config_file} is not a mimic config ({', '.join(MIMIC_ARCHITECTURES)})")
     teacher = base.MODEL.MIMIC.TEACHER.WEIGHTS
     random_teacher = not (teacher and os.path.isfile(teacher))
     if random_teacher:  # one random teacher, saved, so that every row and the cache share it
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     cache_dir = os.path.join(out, "teacher_cache")
     rows, fill = [], {}
     plans = [
-        ("scratch student", ["MODEL.META_ARCHITECTURE", "GeneralizedRCNN"], False),
+        ("scratch student", ["MODEL.META_ARCHITECTURE", student_architecture(base)], False),
         ("mimic, teacher every step", ["MODEL.MIMIC.TEACHER.CACHE_DIR", ""], False),
         ("mimic, filled teacher cache", ["MODEL.MIMIC.TEACHER.CACHE_DIR", cache_dir], True),
     ]

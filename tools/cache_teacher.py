@@ -5,9 +5,10 @@ Pre-fill the teacher-map cache (``MODEL.MIMIC.TEACHER.CACHE_DIR``) of a mimic co
 
     python tools/cache_teacher.py --config-file CFG [--data FILE] [--num-gpus N] [KEY VALUE ...]
 
-CFG is the student's MimicRCNN config; the teacher is its ``MODEL.MIMIC.TEACHER.*``. Training fills
-the cache lazily anyway (the first epoch computes, the rest read); pre-filling moves that cost out
-of the first training run and lets several runs start with a full cache. With N processes each
+CFG is the student's mimic config (MimicRCNN, MimicRetinaNet, MimicFCOS); the teacher is its
+``MODEL.MIMIC.TEACHER.*``. Training fills the cache lazily anyway (the first epoch computes, the
+rest read); pre-filling moves that cost out of the first training run and lets several runs start
+with a full cache. With N processes each
 fills its share. Prints a progress line, then the number of entries and the size on disk.
 """
 
@@ -17,6 +18,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from quant_mimic import Trainer, get_config
+from quant_mimic.config import MIMIC_ARCHITECTURES
 from quant_mimic.data.data_file import data_opts
 from quant_mimic.engine import build_parser, launch_from_args
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
@@ -27,8 +29,11 @@ def main(args) -> dict:
     cfg = get_config(args.config_file, list(args.opts) + data_opts(args.data))
     if not cfg.MODEL.MIMIC.TEACHER.CACHE_DIR:
         raise SystemExit("MODEL.MIMIC.TEACHER.CACHE_DIR is empty: name the cache folder")
-    if cfg.MODEL.META_ARCHITECTURE != "MimicRCNN":
-        raise SystemExit(f"{args.config_file} is not a MimicRCNN config: there is no teacher")
+    if cfg.MODEL.META_ARCHITECTURE not in MIMIC_ARCHITECTURES:
+        raise SystemExit(
+            f"{args.config_file} is not a mimic config ({', '.join(MIMIC_ARCHITECTURES)}): there "
+            "is no teacher"
+        )
     model = Trainer.build_model(cfg)  # loads the teacher strictly
     stats = fill_teacher_cache(cfg, model)
     comm.synchronize()
