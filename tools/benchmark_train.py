@@ -10,7 +10,8 @@ CFG is a mimic config (MimicRCNN, MimicRetinaNet, MimicFCOS); "scratch" is the s
 its plain detector as ``MODEL.META_ARCHITECTURE`` (the same student, no teacher, no mimic loss).
 Each row runs the real trainer's ``run_step`` (data loading included) W + N times and reports the
 median of the last N. The cache row pre-fills the cache first (its time is reported apart).
-``--preset`` applies the pipeline preset's overrides (every stage + student) and generates its synthetic data under DIR/datasets.
+``--preset`` applies the pipeline preset's overrides (every stage + student) and generates its
+synthetic data under DIR/datasets.
 Without teacher weights (``MODEL.MIMIC.TEACHER.WEIGHTS`` missing) the teacher is random: the
 same computation, for timing only (the JSON says so).
 """
