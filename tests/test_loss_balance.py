@@ -155,6 +155,42 @@ def _drive(guard, zero_fractions, **scalars):
             guard.after_step()
 
 
+def _ddp_guard_worker(tmp, mode):
+    """Rank 0's student dies at iteration 30, rank 1's never: both must act, at one iteration."""
+    import json
+
+    from detectron2.utils import comm
+
+    from quant_mimic.collapse_guard import CollapseGuard, StudentCollapsed
+
+    dying = [0.5] * 30 + [1.0] * 60
+    healthy = [0.5] * 90
+    guard = CollapseGuard(mode, 0.999, 20, ["res4"])
+    outcome = "finished"
+    try:
+        _drive(guard, dying if comm.get_rank() == 0 else healthy)
+    except StudentCollapsed:
+        outcome = "stopped"
+    comm.synchronize()  # no rank is left waiting in the guard's all-gather
+    with open(os.path.join(tmp, f"guard_rank{comm.get_rank()}.json"), "w") as f:
+        json.dump({"fired_at": guard.fired_at, "outcome": outcome}, f)
+
+
+class TestCollapseGuardDDP(unittest.TestCase):
+    def test_one_decision_acted_on_by_every_rank(self):
+        import json
+
+        for mode, outcome in (("warn", "finished"), ("stop", "stopped")):
+            with self.subTest(mode=mode), tempfile.TemporaryDirectory() as tmp:
+                launch(_ddp_guard_worker, 2, dist_url="auto", args=(tmp, mode))
+                ranks = []
+                for r in (0, 1):
+                    with open(os.path.join(tmp, f"guard_rank{r}.json")) as f:
+                        ranks.append(json.load(f))
+                self.assertEqual(ranks[0], {"fired_at": 49, "outcome": outcome})
+                self.assertEqual(ranks[1], ranks[0])  # the healthy rank acts too, at once
+
+
 class TestCollapseGuard(unittest.TestCase):
     def test_warns_once_on_a_dead_streak_and_never_on_a_healthy_run(self):
         from quant_mimic.collapse_guard import CollapseGuard

@@ -196,6 +196,13 @@ class TestCachedTraining(unittest.TestCase):
             cached, direct = model.teacher_maps(inputs), off.teacher_maps(inputs)
             for k in direct:
                 self.assertTrue(torch.equal(cached[k], direct[k]))
+            # training on the cache the two ranks filled: every map read, the loss_mimic of a
+            # run whose one process fills its own cache
+            two, read = train_losses(_cfg(tmp, cache=cache, teacher=teacher))
+            one, _ = train_losses(_cfg(tmp, cache=os.path.join(tmp, "cache1"), teacher=teacher))
+            self.assertEqual(read.teacher_cache.misses, 0)
+            self.assertGreater(read.teacher_cache.hits, 0)
+            torch.testing.assert_close(torch.tensor(two), torch.tensor(one), rtol=0, atol=0)
 
 
 class TestCacheTeacherTool(unittest.TestCase):
