@@ -204,7 +204,9 @@ class TestOneStageExport(unittest.TestCase):
 def _ddp_worker(tmp):
     from quant_mimic import Trainer
 
-    cfg = tiny_mimic_cfg(tmp, RETINA_QM, max_iter=2)
+    # 2 images per rank: the synthetic heads' BatchNorm needs more than one value per channel on
+    # the tiny images' 1×1 p7
+    cfg = tiny_mimic_cfg(tmp, RETINA_QM, max_iter=2, extra=["SOLVER.IMS_PER_BATCH", 4])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     trainer.train()
