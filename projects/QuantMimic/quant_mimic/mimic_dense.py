@@ -138,6 +138,7 @@ class _DenseMimic(MimicStudent):
 
     def _dense_scores(self, predictions) -> tuple:
         """Per level, (N, HWA, K) class scores and (N, HWA, 4) deltas, as the inference scores."""
+        # abstract: RetinaNet and FCOS score differently (MimicRetinaNet, MimicFCOS below)
         raise NotImplementedError
 
     @torch.no_grad()

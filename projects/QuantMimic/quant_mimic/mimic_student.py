@@ -109,6 +109,7 @@ class MimicStudent:
     def test_mimic_boxes(self, images, student_maps: Dict) -> List:
         """The mimic RoIs of a test image (no ground truth): for the Fig. 5 statistics
         (:mod:`quant_mimic.diagnostics`). Returns list[Boxes], one per image."""
+        # abstract: each meta-architecture has its own RoIs (MimicRCNN, mimic_dense._DenseMimic)
         raise NotImplementedError
 
     def add_mimic_loss(
