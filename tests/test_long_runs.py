@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from detectron2.data import build_detection_test_loader
-from detectron2.engine import HookBase, launch
+from detectron2.engine import HookBase
 from detectron2.evaluation import inference_on_dataset
 from detectron2.utils import comm
 
 from quant_mimic import Trainer, setup_cfg
 from quant_mimic.data.synthetic import generate_faces
 from quant_mimic.data.widerface import register_widerface
+from quant_mimic.engine import launch
 from quant_mimic.evaluation import WiderFaceEvaluator
 
 from .common import CONFIG_DIR, FAST_OPTS, register_tiny_dataset, trainer_opts

@@ -8,10 +8,10 @@ import unittest
 
 import torch
 
-from detectron2.engine import launch
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, setup_cfg
+from quant_mimic.engine import launch
 from quant_mimic.loss_balance import LossBalance
 from quant_mimic.testing import FAST_OPTS, register_tiny_dataset, train_losses, trainer_opts
 

@@ -221,7 +221,7 @@ def _ddp_worker(tmp):
 
 class TestOneStageDDP(unittest.TestCase):
     def test_two_process_gloo(self):
-        from detectron2.engine import launch
+        from quant_mimic.engine import launch
 
         with tempfile.TemporaryDirectory() as tmp:
             launch(_ddp_worker, 2, dist_url="auto", args=(tmp,))

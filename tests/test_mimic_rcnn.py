@@ -6,11 +6,11 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
-from detectron2.engine import launch
 from detectron2.evaluation.evaluator import inference_context
 from detectron2.utils.events import EventStorage
 
 from quant_mimic import MimicRCNN, Trainer, add_quantmimic_config, mimic_loss, quantize, setup_cfg
+from quant_mimic.engine import launch
 from quant_mimic.teacher import mimic_quantizer_args
 
 from .common import (

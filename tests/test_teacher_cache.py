@@ -12,9 +12,8 @@ import unittest
 import numpy as np
 import torch
 
-from detectron2.engine import launch
-
 from quant_mimic import Trainer, setup_cfg
+from quant_mimic.engine import launch
 from quant_mimic.quantization import quantize
 from quant_mimic.teacher_cache import FLOAT16_MAX, MapCodec, TeacherCacheError
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
