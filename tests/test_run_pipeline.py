@@ -311,6 +311,38 @@ class TestAggregation(unittest.TestCase):
                     train=lambda *a: fake_train(*a, fail=RuntimeError),
                 )
 
+    def test_collapse_guard_outcome_is_recorded_and_tabled(self):
+        def fake_train(cfg_file, opts, num_gpus):
+            kv = dict(zip(opts[::2], opts[1::2]))
+            d, seed = kv["OUTPUT_DIR"], int(kv["SEED"])
+            os.makedirs(d, exist_ok=True)
+            zeros = [0.4, 1.0, 1.0] if seed == 1 else [0.4, 0.5, 0.45]  # seed 1 dies
+            with open(os.path.join(d, "metrics.json"), "w") as f:
+                for i, z in enumerate(zeros):
+                    line = {"iteration": 20 * i + 19, "mimic/student_zero_fraction": z}
+                    f.write(json.dumps(dict(line, **{"mimic/lambda": 0.02 + seed})) + "\n")
+            with open(os.path.join(d, "log.txt"), "w") as f:
+                f.write("[12/03 10:00:00 quant_mimic.engine]: Starting training\n")
+                if seed == 1:  # the guard's message, as collapse_guard logs it
+                    f.write(
+                        "[12/03 10:01:00 quant_mimic.collapse_guard]: The mimic student is "
+                        "collapsing: at iteration 50, its output at the mimic layer ...\n"
+                    )
+            open(os.path.join(d, "model_final.pth"), "wb").close()
+            with open(os.path.join(d, "final_metrics.json"), "w") as f:
+                json.dump({"widerface/AP_easy": 0.0 if seed == 1 else 90.0}, f)
+
+        with tempfile.TemporaryDirectory() as out:
+            argv = ["--bench", "faces", "--preset", "smoke", "--seeds", "3", "--out", out]
+            argv += ["--no-mismatch", "--stages", "scratch"]
+            recs = {r["seed"]: r for r in pipeline.run(parse_args(argv), train=fake_train)}
+            self.assertEqual([recs[k]["collapse_warned_at"] for k in (0, 1, 2)], [None, 50, None])
+            self.assertEqual([recs[k]["max_student_zero_fraction"] for k in (0, 1)], [0.5, 1.0])
+            self.assertAlmostEqual(recs[2]["lambda"], 2.02)
+            table = open(os.path.join(out, "results.md")).read()
+            self.assertIn("| guard fired |", table)
+            self.assertIn("| 1 of 3 |", table)
+
     def test_tools_script_is_a_thin_front_end(self):
         path = os.path.join(REPO_ROOT, "tools", "run_pipeline.py")
         with open(path) as f:
@@ -414,9 +446,14 @@ class TestSmokePipeline(unittest.TestCase):
             expected |= {(s, k) for s in DEFAULT_STAGES[3:] for k in (0, 1)}
             self.assertEqual({(r["stage"], r["seed"]) for r in records}, expected)
             for r in records:
-                # a mimic student's record also keeps its last λ·L_m / L_det
+                # a mimic student's record also keeps its last λ·L_m / L_det, λ and what the
+                # collapse guard saw (faces: a VGG mimic layer, whose ReLU output it watches)
                 mimics = STUDENT_TEACHER.get(r["stage"]) is not None
-                self.assertEqual(set(r), RECORD_KEYS | ({"loss_ratio"} if mimics else set()))
+                guard = {"max_student_zero_fraction", "collapse_warned_at"}
+                extra = {"loss_ratio", "lambda"} | guard if mimics else set()
+                self.assertEqual(set(r), RECORD_KEYS | extra)
+                if mimics:
+                    self.assertTrue(0.0 <= r["max_student_zero_fraction"] <= 1.0, r)
                 self.assertEqual(set(r["metrics"]) >= {"widerface/AP_easy"}, True, r)
                 d = r["stage"] + ("" if r["stage"].startswith("teacher") else f"_seed{r['seed']}")
                 for f in ("model_final.pth", "final_metrics.json"):

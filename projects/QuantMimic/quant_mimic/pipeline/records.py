@@ -6,12 +6,16 @@ A record holds ``bench``, ``preset``, ``stage``, ``config`` (relative to the rep
 or "pretrained" for a student started from the pretrain stage's ``backbone.pth``, then also
 ``init_sha256``, that file's SHA-256; a stage folder's ``init.json`` keeps it); a stage that
 calibrated its stride adds ``stride_calibration``; a mimic student adds ``loss_ratio``, its last
-logged λ·L_m / L_det; a student run that went to Inf/NaN adds
+logged λ·L_m / L_det, ``lambda``, its last logged effective λ, and, where its mimic layer logs the
+collapse guard's signal, ``max_student_zero_fraction`` (the largest logged fraction of exact zeros
+at the mimic layer) and ``collapse_warned_at`` (the iteration of the guard's message in ``log.txt``,
+None if it never fired); a student run that went to Inf/NaN adds
 ``diverged``, ``diverged_at_iter`` and ``error`` and has ``metrics`` {}.
 """
 
 import json
 import os
+import re
 from typing import Dict, List, Optional
 
 from ..fileio import REPO_ROOT, atomic_write_text
@@ -112,6 +116,7 @@ def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict
         **init_record(d),
         **_calibration_record(d),
         **_loss_ratio_record(d),
+        **_collapse_record(d),
     }
 
 
@@ -153,6 +158,39 @@ def _loss_ratio_record(d: str) -> Dict:
     """A mimic student's λ·L_m / L_det at the end of training (``mimic/loss_ratio``), if logged."""
     ratio = last_logged(d, "mimic/loss_ratio")
     return {} if ratio is None else {"loss_ratio": ratio}
+
+
+GUARD_MESSAGE = re.compile(r"The mimic student is collapsing: at iteration (\d+)")
+
+
+def collapse_warned_at(d: str) -> Optional[int]:
+    """The iteration (1-based) of the collapse guard's first message in the stage's ``log.txt``
+    (:mod:`quant_mimic.collapse_guard`), None if it never fired."""
+    path = os.path.join(d, "log.txt")
+    if not os.path.isfile(path):
+        return None
+    with open(path, errors="replace") as f:
+        for line in f:
+            m = GUARD_MESSAGE.search(line)
+            if m:
+                return int(m.group(1))
+    return None
+
+
+def _collapse_record(d: str) -> Dict:
+    """A mimic student's effective λ and what the collapse guard saw (see the module docstring)."""
+    lam = last_logged(d, "mimic/lambda")
+    zeros = [
+        float(r["mimic/student_zero_fraction"])
+        for r in _logged_lines(d)
+        if isinstance(r, dict) and "mimic/student_zero_fraction" in r
+    ]
+    record = {} if lam is None else {"lambda": lam}
+    if zeros:
+        record.update(
+            max_student_zero_fraction=max(zeros), collapse_warned_at=collapse_warned_at(d)
+        )
+    return record
 
 
 def last_iteration(d: str) -> Optional[int]:

@@ -81,6 +81,11 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
     for r in records:
         if r.get("loss_ratio") is not None:
             ratios.setdefault(row_label(r), []).append(r["loss_ratio"])
+    # the collapse guard's messages: runs of the row it fired on, of those whose mimic layer it saw
+    guarded = {}
+    for r in records:
+        if "max_student_zero_fraction" in r:
+            guarded.setdefault(row_label(r), []).append(r.get("collapse_warned_at") is not None)
     what = f"Your data ({bench.split('_', 1)[1]} family)" if custom else f"Synthetic {bench}"
     lines = [
         f"{what} benchmark, preset `{preset}`, {device}; mean ± std (sample) over n "
@@ -90,8 +95,11 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
         "| stage | n | "
         + " | ".join(names)
         + (" | λ·L_m / L_det" if ratios else "")
+        + (" | guard fired" if guarded else "")
         + (" |" if custom else " | paper, real dataset |"),
-        "|---|---|" + "---|" * (len(names) + bool(ratios)) + ("" if custom else "---|"),
+        "|---|---|"
+        + "---|" * (len(names) + bool(ratios) + bool(guarded))
+        + ("" if custom else "---|"),
     ]
     for label, stats in agg.items():
         n = max(s[2] for s in stats.values())
@@ -104,6 +112,9 @@ def results_markdown(bench: str, records: List[Dict]) -> str:
         if ratios:
             r = ratios.get(label)
             cells.append(f"{statistics.mean(r):.3g}" if r else "–")
+        if guarded:
+            g = guarded.get(label)
+            cells.append(f"{sum(g)} of {len(g)}" if g else "–")
         paper = "" if custom else f" {spec['paper'][stage_of[label]]} |"
         lines.append(f"| {label} | {n} | " + " | ".join(cells) + " |" + paper)
     return "\n".join(lines) + "\n"
