@@ -33,7 +33,7 @@ from quant_mimic.pipeline import (
 )
 from quant_mimic.pipeline.plots import plot_results
 from quant_mimic.pipeline.progress import Progress, logged_rate
-from quant_mimic.pipeline.records import divergence_message
+from quant_mimic.pipeline.records import divergence_message, training_series
 
 from .common import REPO_ROOT
 
@@ -342,6 +342,11 @@ class TestAggregation(unittest.TestCase):
             table = open(os.path.join(out, "results.md")).read()
             self.assertIn("| guard fired |", table)
             self.assertIn("| 1 of 3 |", table)
+            # the per-iteration data of a guard check (tools/training_series.py)
+            series = training_series(os.path.join(out, "scratch_seed1"), ["mimic/lambda", "x"])
+            self.assertEqual(
+                series, {"iteration": [20, 40, 60], "mimic/lambda": [1.02] * 3, "x": [None] * 3}
+            )
 
     def test_tools_script_is_a_thin_front_end(self):
         path = os.path.join(REPO_ROOT, "tools", "run_pipeline.py")

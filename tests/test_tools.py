@@ -208,3 +208,28 @@ class TestTools(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+    def test_training_series_collects_runs_and_refuses_a_folder_without_metrics(self):
+        from training_series import main as series_main
+
+        with tempfile.TemporaryDirectory() as tmp:
+            run = os.path.join(tmp, "mimic_seed0")
+            os.makedirs(run)
+            with open(os.path.join(run, "metrics.json"), "w") as f:
+                f.write('{"iteration": 19, "mimic/loss_ratio": 5.0}\n{"iteration": 39}\n')
+            with open(os.path.join(run, "final_metrics.json"), "w") as f:
+                json.dump({"widerface/AP_easy": 98.0}, f)
+            path = os.path.join(tmp, "series.json")
+            self.assertEqual(series_main([run, "--json", path, "--keys", "mimic/loss_ratio"]), 0)
+            with open(path) as f:
+                got = json.load(f)
+            self.assertEqual(
+                got["mimic_seed0"],
+                {
+                    "series": {"iteration": [20], "mimic/loss_ratio": [5.0]},
+                    "final_metrics": {"widerface/AP_easy": 98.0},
+                    "collapse_warned_at": None,
+                },
+            )
+            with self.assertRaises(SystemExit):
+                series_main([tmp, "--json", path])

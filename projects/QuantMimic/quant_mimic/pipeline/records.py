@@ -16,7 +16,7 @@ None if it never fired); a student run that went to Inf/NaN adds
 import json
 import os
 import re
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from ..fileio import REPO_ROOT, atomic_write_text
 from .benches import STAGES, TEACHER_STAGES, config_file
@@ -31,6 +31,8 @@ __all__ = [
     "is_divergence",
     "divergence_message",
     "last_iteration",
+    "collapse_warned_at",
+    "training_series",
     "load_records",
     "sorted_records",
     "stage_init",
@@ -191,6 +193,21 @@ def _collapse_record(d: str) -> Dict:
             max_student_zero_fraction=max(zeros), collapse_warned_at=collapse_warned_at(d)
         )
     return record
+
+
+def training_series(d: str, keys: Sequence[str]) -> Dict[str, List]:
+    """What a stage logged to ``metrics.json`` over training: ``{"iteration": [...] (1-based),
+    key: [...]}`` over the lines that hold any of ``keys``, None where a line lacks one
+    (detectron2 logs every 20 iterations the median of the last 20 for smoothed scalars, e.g. the
+    guard's ``mimic/student_zero_fraction``)."""
+    lines = [
+        r
+        for r in _logged_lines(d)
+        if isinstance(r, dict) and "iteration" in r and any(k in r for k in keys)
+    ]
+    series = {"iteration": [int(r["iteration"]) + 1 for r in lines]}
+    series.update({k: [r.get(k) for r in lines] for k in keys})
+    return series
 
 
 def last_iteration(d: str) -> Optional[int]:
