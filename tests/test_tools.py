@@ -205,10 +205,6 @@ class TestTools(unittest.TestCase):
             generate_faces(d, 2, 2, seed=0)
             self.assertEqual(prepare_main(["--root", d]), 0)
 
-
-if __name__ == "__main__":
-    unittest.main()
-
     def test_training_series_collects_runs_and_refuses_a_folder_without_metrics(self):
         from training_series import main as series_main
 
@@ -233,3 +229,7 @@ if __name__ == "__main__":
             )
             with self.assertRaises(SystemExit):
                 series_main([tmp, "--json", path])
+
+
+if __name__ == "__main__":
+    unittest.main()

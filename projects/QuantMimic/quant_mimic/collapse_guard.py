@@ -32,6 +32,8 @@ __all__ = ["StudentCollapsed", "CollapseGuard"]
 logger = logging.getLogger(__name__)
 
 CHECK_PERIOD = 10  # iterations between the ranks' shared decisions
+# how the guard's message begins, followed by the 1-based iteration (the pipeline's records read it)
+MESSAGE_PREFIX = "The mimic student is collapsing: at iteration "
 
 
 class StudentCollapsed(RuntimeError):
@@ -91,7 +93,7 @@ class CollapseGuard(HookBase):
         ratio = latest.get("mimic/loss_ratio", (float("nan"),))[0]
         lr = latest.get("lr", (float("nan"),))[0]
         return (
-            f"The mimic student is collapsing: at iteration {it + 1}, its output at the mimic "
+            f"{MESSAGE_PREFIX}{it + 1}, its output at the mimic "
             f"layer {self.features} has been {zeros:.1%} exact zeros since iteration {since + 1} "
             f"(dead ReLUs: no gradient reaches its backbone again and every detection gets one "
             f"score; docs/EVIDENCE.md §3). λ = {lam:g}, LR = {lr:g}, λ·L_m / L_det = {ratio:.3g}. "

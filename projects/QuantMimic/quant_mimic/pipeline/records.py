@@ -18,6 +18,7 @@ import os
 import re
 from typing import Dict, List, Optional, Sequence
 
+from ..collapse_guard import MESSAGE_PREFIX
 from ..fileio import REPO_ROOT, atomic_write_text
 from .benches import STAGES, TEACHER_STAGES, config_file
 
@@ -117,8 +118,7 @@ def make_record(args, stage, seed, iters, wall, device, d, metrics=None) -> Dict
         "overrides": list(args.opts),
         **init_record(d),
         **_calibration_record(d),
-        **_loss_ratio_record(d),
-        **_collapse_record(d),
+        **_mimic_record(d),
     }
 
 
@@ -156,13 +156,7 @@ def last_logged(d: str, key: str) -> Optional[float]:
     return float(values[-1]) if values else None
 
 
-def _loss_ratio_record(d: str) -> Dict:
-    """A mimic student's λ·L_m / L_det at the end of training (``mimic/loss_ratio``), if logged."""
-    ratio = last_logged(d, "mimic/loss_ratio")
-    return {} if ratio is None else {"loss_ratio": ratio}
-
-
-GUARD_MESSAGE = re.compile(r"The mimic student is collapsing: at iteration (\d+)")
+GUARD_MESSAGE = re.compile(re.escape(MESSAGE_PREFIX) + r"(\d+)")
 
 
 def collapse_warned_at(d: str) -> Optional[int]:
@@ -179,20 +173,22 @@ def collapse_warned_at(d: str) -> Optional[int]:
     return None
 
 
-def _collapse_record(d: str) -> Dict:
-    """A mimic student's effective λ and what the collapse guard saw (see the module docstring)."""
-    lam = last_logged(d, "mimic/lambda")
-    zeros = [
-        float(r["mimic/student_zero_fraction"])
-        for r in _logged_lines(d)
-        if isinstance(r, dict) and "mimic/student_zero_fraction" in r
-    ]
-    record = {} if lam is None else {"lambda": lam}
+_MIMIC_LAST = (("loss_ratio", "mimic/loss_ratio"), ("lambda", "mimic/lambda"))
+
+
+def _mimic_record(d: str) -> Dict:
+    """What a mimic student logged (see the module docstring), in one pass over ``metrics.json``:
+    its last λ·L_m / L_det and λ, and what the collapse guard saw; {} for other stages."""
+    last, zeros = {}, []
+    for r in _logged_lines(d):
+        if not isinstance(r, dict):
+            continue
+        last.update({name: float(r[k]) for name, k in _MIMIC_LAST if k in r})
+        if "mimic/student_zero_fraction" in r:
+            zeros.append(float(r["mimic/student_zero_fraction"]))
     if zeros:
-        record.update(
-            max_student_zero_fraction=max(zeros), collapse_warned_at=collapse_warned_at(d)
-        )
-    return record
+        last.update(max_student_zero_fraction=max(zeros), collapse_warned_at=collapse_warned_at(d))
+    return last
 
 
 def training_series(d: str, keys: Sequence[str]) -> Dict[str, List]:
