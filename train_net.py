@@ -7,11 +7,15 @@ QuantMimic training script: detectron2's ``train_net.py`` shape over :mod:`quant
     python train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pth
 
 Training or evaluation writes ``OUTPUT_DIR/final_metrics.json`` (:func:`quant_mimic.engine.main`).
+A mistake in what you give (a data file, a config, weights) ends with one line, ``error: FILE: what
+is wrong; how to fix it``, and exit code 2; ``--debug`` (or ``QUANT_MIMIC_DEBUG=1``) adds the
+traceback.
 """
 
-from quant_mimic.engine import build_parser, launch_from_args, main  # registers everything
+import sys
+
+from quant_mimic.engine import train_net_main  # registers everything
+from quant_mimic.errors import run_cli
 
 if __name__ == "__main__":
-    args = build_parser().parse_args()
-    print("Command Line Args:", args)
-    launch_from_args(main, args)
+    sys.exit(run_cli(train_net_main))

@@ -1,6 +1,6 @@
-"""Regression test for issue 9's collapse: a detector that never leaves the classification prior.
+"""Regression test for the collapse once seen on faces: a detector that never leaves the classification prior.
 
-The collapsed runs of issue 9 (the scratch VGG-1-32 student; the VGG-1-4 teacher after 400
+The collapsed runs (the scratch VGG-1-32 student; the VGG-1-4 teacher after 400
 iterations) scored every detection 0.10 ± 0.02 (max 0.15) with ``loss_cls`` flat from iteration
 60 on. Here the synthetic-faces scratch student (the paper's R-FCN recipe, OHEM on) trains on four
 synthetic face images for a short schedule and must (1) bring ``loss_cls`` clearly below the plateau
@@ -44,7 +44,7 @@ def score_band(scores: torch.Tensor) -> dict:
 
 
 def is_collapsed(scores: torch.Tensor) -> bool:
-    """All detections in one narrow band, none confident (issue 9: 0.10 ± 0.02, max 0.15)."""
+    """All detections in one narrow band, none confident (the collapsed runs: 0.10 ± 0.02, max 0.15)."""
     b = score_band(scores)
     return b["std"] < 0.06 or b["max"] < 0.5
 
@@ -55,7 +55,7 @@ def plateau_drop(loss_cls) -> float:
 
 
 class TestCollapseCriterion(unittest.TestCase):
-    def test_issue_9_signature_is_collapsed(self):
+    def test_collapsed_signature_is_collapsed(self):
         g = torch.Generator().manual_seed(0)
         collapsed = (0.10 + 0.02 * torch.randn(500, generator=g)).clamp(0.01, 0.15)
         self.assertTrue(is_collapsed(collapsed))

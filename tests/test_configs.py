@@ -14,7 +14,7 @@ from .common import all_config_files, build_model_no_weights, get_config, random
 
 
 class TestConfigValidation(unittest.TestCase):
-    """Bad QuantMimic values fail at start-up, naming the key and the value (issue 11, item 4)."""
+    """Bad QuantMimic values fail at start-up, naming the key and the value."""
 
     QM = os.path.join(os.path.dirname(__file__), "..", "configs", "Synth")
 

@@ -1,4 +1,4 @@
-"""The CUDA path (issue 22): one MimicRCNN training step with a quantized teacher and AMP, the
+"""The CUDA path: one MimicRCNN training step with a quantized teacher and AMP, the
 student's evaluation, and the export parity check, all on CUDA. Marked ``cuda``; skipped where
 CUDA is absent (every CPU machine, so ``make test`` passes there). Run them on a GPU host with
 ``python -m pytest tests/test_cuda.py -m cuda``."""

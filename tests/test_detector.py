@@ -1,4 +1,4 @@
-"""The student file is the whole contract (issue 34, quant_mimic.export.contract / .detector): the
+"""The student file is the whole contract (quant_mimic.export.contract / .detector): the
 ONNX file records its classes, input, resize rule, threshold and provenance; Detector turns an
 OpenCV image into named boxes in the image's pixels, equal to DefaultPredictor over the PyTorch
 student; files without the contract, empty images and images where nothing survives."""

@@ -257,6 +257,27 @@ class TestDocs(unittest.TestCase):
                 checked += 1
         self.assertGreater(checked, 10)
 
+    def test_no_internal_issue_numbers(self):
+        # A reader outside cannot open the project's issues: say what was measured or decided.
+        pattern = re.compile(r"\bissue(?:s? +#?\d+|'s\b)|\(#\d+\)", re.IGNORECASE)
+        paths = []
+        for top in ("README.md", "Makefile", "train_net.py", "docs", "configs", "projects",
+                    "tools", "tests", "datasets"):  # fmt: skip
+            top = os.path.join(REPO_ROOT, top)
+            if os.path.isfile(top):
+                paths.append(top)
+            for root, _, files in os.walk(top):
+                paths += [os.path.join(root, f) for f in files]
+        found = []
+        for path in paths:
+            if path.endswith((".md", ".py", ".yaml", ".sh", "Makefile")):
+                with open(path, encoding="utf-8") as fh:
+                    found += [f"{path}:{n}" for n, line in enumerate(fh, 1) if pattern.search(line)]
+        self.assertGreater(len(paths), 100)
+        self.assertEqual(found, [])
+        self.assertTrue(pattern.search("the host of issue" + " 22") and pattern.search("(#" + "4)"))
+        self.assertTrue(pattern.search("the issue" + "'s goal"))
+
     def test_link_checker_catches_a_missing_file(self):
         with tempfile.TemporaryDirectory() as d:
             md = os.path.join(d, "x.md")

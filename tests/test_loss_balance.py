@@ -1,4 +1,4 @@
-"""No silent dead students (issue 35, in part): λ·L_m / L_det logged every step and kept in the
+"""No silent dead students: λ·L_m / L_det logged every step and kept in the
 pipeline's records; the balanced λ (quant_mimic.loss_balance: measured, frozen, checkpointed, one
 value on every rank); AMP refused on a CPU device; the mimic head in float32 under autocast."""
 

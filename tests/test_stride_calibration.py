@@ -1,4 +1,4 @@
-"""Stride from the teacher's statistics (ours; quant_mimic.stride_calibration, issue 9)."""
+"""Stride from the teacher's statistics (ours; quant_mimic.stride_calibration)."""
 
 import json
 import os

@@ -1,4 +1,4 @@
-"""train_net.py's main (quant_mimic.engine): --eval-only loads MODEL.WEIGHTS strictly (issue 11);
+"""train_net.py's main (quant_mimic.engine): --eval-only loads MODEL.WEIGHTS strictly;
 final_metrics.json; the script itself is thin and nothing imports it."""
 
 import ast

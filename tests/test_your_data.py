@@ -1,4 +1,4 @@
-"""Your data (issue 33, quant_mimic.data.data_file, docs/YOUR_DATA.md): a data file for a 3-class
+"""Your data (quant_mimic.data.data_file, docs/YOUR_DATA.md): a data file for a 3-class
 COCO-json set (non-contiguous ids, an image without annotations, a crowd box) and a 3-class VOC-xml
 set (no <pose>, decimal coordinates, .png images) through train_net.py --data with evaluation; class
 counts checked at set-up; the teacher built from its run's config.yaml; bad data files refused

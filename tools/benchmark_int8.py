@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """
 Int8 for the exported student, measured per host and runtime: speed beside exact fp32 in one run,
-and AP beside fp32 on trained students (issue 34; the verdict is in docs/SPEED.md).
+and AP beside fp32 on trained students (the verdict is in docs/SPEED.md).
 
     pip install nncf   # OpenVINO's post-training quantization (not a project dependency)
     python tools/benchmark_int8.py --weights RUN1/model_final.pth RUN2/... RUN3/... \\
@@ -33,6 +33,7 @@ from typing import Dict, List
 import numpy as np
 import torch
 
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_text
 from quant_mimic.timing import host_info
 
@@ -189,4 +190,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -40,6 +40,7 @@ resizing to 320 as shipped) timed in the same run; ``speedup_vs_peer`` = peer ms
 import argparse
 import json
 import os
+import sys
 import tempfile
 from typing import Dict, List
 
@@ -51,6 +52,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 
 from quant_mimic import get_config
 from quant_mimic.benchmark_models import MODELS, STUDENTS
+from quant_mimic.errors import run_cli
 from quant_mimic.export import (
     StudentInference,
     export_onnx,
@@ -321,4 +323,4 @@ def _print_table(rows, args):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import torch
@@ -29,6 +30,7 @@ from detectron2.utils.events import EventStorage
 
 from quant_mimic import Trainer, get_config
 from quant_mimic.config import MIMIC_ARCHITECTURES, student_architecture
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_text
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
 from quant_mimic.timing import host_info
@@ -174,4 +176,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

@@ -13,11 +13,14 @@ configs/Base-Divided-RCNN-C4.yaml.
 import argparse
 import pickle
 import re
+import sys
 from typing import Dict
 
 import torch
 
 __all__ = ["convert_torchvision_resnet"]
+
+from quant_mimic.errors import run_cli
 
 
 def convert_torchvision_resnet(state_dict: Dict[str, torch.Tensor]) -> Dict[str, "object"]:
@@ -56,4 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda argv: main()))

@@ -29,6 +29,8 @@ from typing import Callable, List
 
 import numpy as np
 
+from quant_mimic.errors import BadFileError, MissingFileError, run_cli
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -37,10 +39,29 @@ def list_inputs(path: str) -> List[str]:
     if os.path.isdir(path):
         names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_EXTENSIONS))
         if not names:
-            raise FileNotFoundError(f"No image ({', '.join(IMAGE_EXTENSIONS)}) in {path}")
+            raise MissingFileError(
+                path,
+                f"--input: no image ({', '.join(IMAGE_EXTENSIONS)}) in this folder",
+                "give an image, a folder of images or a video",
+            )
         return [os.path.join(path, n) for n in names]
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--input not found: {path}")
+        raise MissingFileError(
+            path, "--input does not exist", "give an image, a folder of images or a video"
+        )
+    import cv2
+
+    readable = (
+        cv2.haveImageReader(path)
+        if path.lower().endswith(IMAGE_EXTENSIONS)
+        else cv2.VideoCapture(path).isOpened()
+    )
+    if not readable:
+        raise BadFileError(
+            path,
+            "--input is neither an image nor a video OpenCV can read",
+            "give an image, a folder of images or a video",
+        )
     return [path]
 
 
@@ -111,7 +132,11 @@ def run_video(path: str, out_dir: str, detect, names, threshold: float) -> int:
 
     cap = cv2.VideoCapture(path)
     if not cap.isOpened():
-        raise ValueError(f"{path} is neither an image nor a video OpenCV can read")
+        raise BadFileError(
+            path,
+            "--input is neither an image nor a video OpenCV can read",
+            "give an image, a folder of images or a video",
+        )
     stem = os.path.splitext(os.path.basename(path))[0]
     fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
     writer, frames, start = None, 0, time.time()
@@ -160,6 +185,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import cv2
 
+    paths = list_inputs(args.input)  # checked before the model is loaded and anything written
     if args.onnx:
         from quant_mimic.export import Detector
 
@@ -181,14 +207,15 @@ def main(argv=None) -> int:
         default = 0.5
     threshold = default if args.score_thresh is None else args.score_thresh
     os.makedirs(args.output, exist_ok=True)
-    paths = list_inputs(args.input)
     for k, path in enumerate(paths, 1):
         if not path.lower().endswith(IMAGE_EXTENSIONS):
             run_video(path, args.output, detect, names, threshold)
             continue
         image = cv2.imread(path, cv2.IMREAD_COLOR)
         if image is None:
-            raise ValueError(f"{path}: not an image OpenCV can read")
+            raise BadFileError(
+                path, "not an image OpenCV can read", "give a readable image, or leave it out"
+            )
         start = time.time()
         detections = detect(image)
         ms = 1000 * (time.time() - start)
@@ -207,4 +234,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -22,6 +22,8 @@ import re
 import sys
 import tempfile
 
+from quant_mimic.errors import run_cli
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNTIMES = ("pytorch", "onnxruntime", "openvino", "openvino-bf16")
 
@@ -186,4 +188,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    sys.exit(run_cli(lambda argv: 0 if main(argv) else 1))

@@ -41,6 +41,8 @@ from typing import Dict
 
 import torch
 
+from quant_mimic.errors import BadFileError, run_cli
+
 __all__ = ["student_state_dict", "main"]
 
 FORMATS = ("pth", "torchscript", "onnx")
@@ -71,7 +73,11 @@ def _export_pth(parser, weights: str, output: str) -> int:
     try:
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a file that is not a checkpoint
-        parser.error(f"{weights} is not a readable torch checkpoint ({type(e).__name__}: {e})")
+        raise BadFileError(
+            weights,
+            f"MODEL.WEIGHTS is not a readable torch checkpoint ({type(e).__name__}: {e})",
+            "give the model_final.pth of a training run",
+        ) from e
     from quant_mimic.fileio import atomic_torch_save
 
     model = student_state_dict(ckpt)
@@ -224,4 +230,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

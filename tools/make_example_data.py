@@ -14,7 +14,9 @@ each split) and DIR/coco/coco.yaml; DIR/voc: a VOC-xml set (.png images, decimal
 
 import argparse
 import os
+import sys
 
+from quant_mimic.errors import run_cli
 from quant_mimic.testing import write_coco_example, write_voc_example
 
 
@@ -34,4 +36,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 import zlib
@@ -27,6 +28,7 @@ import zlib
 import numpy as np
 import torch
 
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_bytes, atomic_write_text
 from quant_mimic.teacher_cache import MapCodec, TeacherMapCache
 from quant_mimic.timing import host_info
@@ -183,4 +185,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

@@ -11,10 +11,12 @@ difference is the storage error alone; later ones add the drift of two training 
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
 
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_text
 from quant_mimic.testing import save_random_teacher as _save_teacher
 from quant_mimic.testing import tiny_mimic_cfg as _cfg
@@ -47,4 +49,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(run_cli(main))

@@ -20,9 +20,12 @@ import functools
 import glob
 import json
 import os
+import sys
 import tempfile
 
 import numpy as np
+
+from quant_mimic.errors import run_cli
 
 
 def _summary(per_type, per_node, runs: int, top: int) -> dict:
@@ -170,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

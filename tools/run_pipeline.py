@@ -13,6 +13,7 @@ package :mod:`quant_mimic.pipeline`, whose docstring lists the stages and the fi
 import sys
 
 from quant_mimic import pipeline
+from quant_mimic.errors import run_cli
 from quant_mimic.pipeline import *  # noqa: F401,F403  (the names scripts used from here)
 from quant_mimic.pipeline.records import divergence_message as _divergence_message  # noqa: F401
 from quant_mimic.pipeline.runner import train_stage
@@ -28,4 +29,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

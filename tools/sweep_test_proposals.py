@@ -13,8 +13,10 @@ test size (e.g. 576, the benchmark's height) is where the pre-NMS count binds.
 
 import argparse
 import json
+import sys
 import tempfile
 
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_text
 
 
@@ -59,4 +61,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

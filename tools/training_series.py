@@ -16,6 +16,7 @@ import json
 import os
 import sys
 
+from quant_mimic.errors import run_cli
 from quant_mimic.fileio import atomic_write_text
 from quant_mimic.pipeline.records import (
     FINAL_METRICS,
@@ -60,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

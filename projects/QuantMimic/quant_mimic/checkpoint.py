@@ -19,10 +19,13 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils.file_io import PathManager
 
+from .errors import BadFileError, MissingFileError
 from .fileio import atomic_torch_save, atomic_write_text
 
 __all__ = [
+    "check_weights_file",
     "ADAPTER_PREFIX",
     "load_checkpoint_strict",
     "load_student_weights",
@@ -92,21 +95,41 @@ def load_checkpoint_strict(
     error naming ``what`` and the file. Model tensors whose names start with one of
     ``optional_prefixes`` may be missing from the file.
     """
-    if not path:
-        raise FileNotFoundError(f"{what} is empty: there are no weights to load")
+    local = check_weights_file(path, what)
     checkpointer = _RecordingCheckpointer(model)
-    local = checkpointer.path_manager.get_local_path(path)
-    if not os.path.isfile(local):
-        raise FileNotFoundError(f"{what} not found: {path!r}")
     try:
         checkpointer.load(local, checkpointables=[])
     except Exception as e:  # torch/pickle raise many types for a file that is not a checkpoint
-        raise RuntimeError(
-            f"{what} {path} is not a readable checkpoint ({type(e).__name__}: {e})"
+        raise BadFileError(
+            path,
+            f"{what} {path} is not a readable checkpoint ({type(e).__name__}: {e})",
+            "give a .pth or .pkl checkpoint that detectron2 wrote",
         ) from e
     problems = describe_incompatible(checkpointer.incompatible, optional_prefixes)
     if problems:
-        raise RuntimeError(f"{what} {path} does not match {model_name}: " + "; ".join(problems))
+        raise BadFileError(
+            path,
+            f"{what} {path} does not match {model_name}: " + ", ".join(problems),
+            "give the weights trained with this config, or the config they were trained with",
+        )
+
+
+def check_weights_file(path: str, what: str = "MODEL.WEIGHTS") -> str:
+    """
+    The local file of weights ``path`` (a URL such as ``detectron2://...`` is fetched to the cache
+    first), after checking that it is given and exists: an empty path or a missing file is a
+    :class:`~quant_mimic.errors.MissingFileError` naming ``what``.
+    """
+    if not path:
+        raise MissingFileError(
+            what, f"{what} is empty: there are no weights to load", f"set {what} to a checkpoint"
+        )
+    local = PathManager.get_local_path(path)
+    if not os.path.isfile(local):
+        raise MissingFileError(
+            path, f"{what} not found", "check the path, or train the run that writes it first"
+        )
+    return local
 
 
 def load_student_weights(
@@ -208,9 +231,10 @@ class SafeCheckpointer(DetectionCheckpointer):
             finally:
                 self._strict_load = False
                 self._preloaded.clear()
-        raise RuntimeError(
-            f"--resume: {self.save_dir} has a last_checkpoint but no readable checkpoint; "
-            "remove the folder (or its last_checkpoint) to start over"
+        raise BadFileError(
+            self.save_dir,
+            "--resume: this folder has a last_checkpoint but no readable checkpoint",
+            "remove the folder (or its last_checkpoint) to start over",
         )
 
     def _load_file(self, filename):
@@ -223,9 +247,10 @@ class SafeCheckpointer(DetectionCheckpointer):
         if self._strict_load and incompatible is not None:
             problems = describe_incompatible(incompatible)
             if problems:
-                raise RuntimeError(
-                    f"--resume: the checkpoint in {self.save_dir} was written by another "
-                    "architecture than this config's: " + "; ".join(problems) + ". Use another "
-                    "OUTPUT_DIR, or train without --resume."
+                raise BadFileError(
+                    self.save_dir,
+                    "--resume: the checkpoint in this folder was written by another "
+                    "architecture than this config's: " + ", ".join(problems),
+                    "use another OUTPUT_DIR, or train without --resume",
                 )
         return incompatible

@@ -16,6 +16,8 @@ import yaml
 
 from detectron2.config import CfgNode as CN
 
+from .errors import ConfigError
+
 __all__ = [
     "add_quantmimic_config",
     "validate_quantmimic_config",
@@ -399,8 +401,8 @@ def add_quantmimic_config(cfg: CN) -> None:
 
 
 def _check(ok: bool, key: str, value, rule: str) -> None:
-    if not ok:
-        raise ValueError(f"Invalid config: {key} = {value!r}; {rule}")
+    if not ok:  # no file: the entry point names the config file (engine.setup_cfg)
+        raise ConfigError("", f"invalid config: {key} = {value!r}", rule)
 
 
 def validate_quantmimic_config(cfg: CN) -> None:

@@ -21,6 +21,7 @@ import os
 import sys
 
 import torch
+import yaml
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
@@ -38,15 +39,21 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import SafeCheckpointer, load_student_weights
+from .checkpoint import SafeCheckpointer, check_weights_file, load_student_weights
 from .collapse_guard import CollapseGuard
 from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
 from .data.data_file import apply_data_file, check_num_classes, data_opts
+from .errors import BadFileError, ConfigError, MissingFileError, UserError, WorkerUserError
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
 from .fileio import CONFIGS_DIR, atomic_write_text
 from .stride_calibration import apply_stride_calibration
-from .teacher import pin_teacher, resolve_teacher_config_path
+from .teacher import (
+    build_teacher_cfg,
+    mimic_quantizer_args,
+    pin_teacher,
+    resolve_teacher_config_path,
+)
 
 __all__ = [
     "get_config",
@@ -61,6 +68,8 @@ __all__ = [
     "config_of_run",
     "teacher_config_from_run",
     "main",
+    "train_net_main",
+    "STAGE_OUTPUT_ENV",
 ]
 
 logger = logging.getLogger(__name__)
@@ -100,27 +109,28 @@ def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> C
     """
     cfg = get_cfg()
     add_quantmimic_config(cfg)
-    if config_file:
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(_ints_for_float_keys(cfg, opts))
-    # A value in the yaml was resolved by merge_from_file (add_quantmimic_config); one on the
-    # command line is relative to the working directory.
-    teacher_cfg = resolve_teacher_config_path("", opts)
-    if teacher_cfg is not None:
-        cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg
-    notes = [teacher_config_from_run(cfg, opts), data_note(apply_data_file(cfg))]
-    validate_quantmimic_config(cfg)
-    check_num_classes(cfg)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
-    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
-        raise ValueError(
-            f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: detectron2's "
-            "AMPTrainer runs CUDA autocast and a CUDA gradient scaler, so mixed precision needs a "
-            "GPU. Set SOLVER.AMP.ENABLED False on this machine"
-        )
-    notes.append(before_setup(cfg) if before_setup is not None else None)
+    with _errors_name(config_file or "the config"):
+        _merge(cfg, config_file, opts)
+        # A value in the yaml was resolved by merge_from_file (add_quantmimic_config); one on the
+        # command line is relative to the working directory.
+        teacher_cfg = resolve_teacher_config_path("", opts)
+        if teacher_cfg is not None:
+            cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE = teacher_cfg
+        notes = [teacher_config_from_run(cfg, opts), data_note(apply_data_file(cfg))]
+        validate_quantmimic_config(cfg)
+        check_num_classes(cfg)
+        if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+            logger.warning("CUDA is not available: running on the CPU (MODEL.DEVICE cpu)")
+            cfg.MODEL.DEVICE = "cpu"
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            raise ConfigError(
+                "",
+                f"SOLVER.AMP.ENABLED is True but MODEL.DEVICE is {cfg.MODEL.DEVICE!r}: "
+                "detectron2's AMPTrainer runs CUDA autocast and a CUDA gradient scaler, so mixed "
+                "precision needs a GPU",
+                "set SOLVER.AMP.ENABLED False on this machine",
+            )
+        notes.append(before_setup(cfg) if before_setup is not None else None)
     cfg.freeze()
     if args is not None:
         default_setup(cfg, args)
@@ -128,6 +138,72 @@ def setup_cfg(config_file: str = "", opts=(), args=None, before_setup=None) -> C
     for note in filter(None, notes):
         logger.info(note)
     return cfg
+
+
+@contextlib.contextmanager
+def _errors_name(config_file: str):
+    """A user error that names no file (a config key's value) names ``config_file``."""
+    try:
+        yield
+    except UserError as e:
+        if not e.file:
+            e.file = config_file
+        raise
+
+
+def _merge(cfg: CfgNode, config_file: str, opts) -> None:
+    """The yaml file and the KEY VALUE overrides into ``cfg``; what yacs rejects (a key that does
+    not exist, a value of the wrong type, a yaml that does not parse) is a user error naming the
+    file or the command line."""
+    if config_file and not os.path.isfile(config_file):
+        raise MissingFileError(
+            config_file,
+            "the config file does not exist",
+            "check --config-file (the project's configs are under configs/)",
+        )
+    for where, merge, fix in (
+        (config_file, lambda: cfg.merge_from_file(config_file) if config_file else None,
+         "compare its keys and values with the configs under configs/"),
+        ("the command line", lambda: cfg.merge_from_list(_ints_for_float_keys(cfg, opts)),
+         "give KEY VALUE pairs whose keys and value types are those of the config"),
+    ):  # fmt: skip
+        try:
+            merge()
+        except UserError:
+            raise
+        except (KeyError, ValueError, TypeError, AssertionError, yaml.YAMLError) as e:
+            what = str(e.args[0] if isinstance(e, KeyError) and e.args else e)
+            raise ConfigError(where, f"{type(e).__name__}: {what}", fix) from e
+
+
+def check_inputs(cfg: CfgNode, eval_only: bool = False, resume: bool = False) -> None:
+    """
+    The files a run reads, checked before its output folder is written: ``MODEL.WEIGHTS`` (unless
+    a resume finds a checkpoint in ``OUTPUT_DIR``), a mimic student's teacher config (it builds,
+    and its Q agrees with the student's, eq. 6) and ``MODEL.MIMIC.TEACHER.WEIGHTS``. A file that
+    is missing or is not a checkpoint is a user error (:mod:`quant_mimic.errors`). URLs
+    (``detectron2://``, ``https://``) are left to the load.
+    """
+    resumable = resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint"))
+    weights = [] if resumable else [("MODEL.WEIGHTS", cfg.MODEL.WEIGHTS)]
+    if eval_only and not cfg.MODEL.WEIGHTS and not resumable:
+        check_weights_file("", "MODEL.WEIGHTS")
+    if not eval_only and cfg.MODEL.META_ARCHITECTURE.startswith("Mimic"):
+        tcfg = build_teacher_cfg(cfg)
+        mimic_quantizer_args(cfg, tcfg)
+        weights.append(("MODEL.MIMIC.TEACHER.WEIGHTS", cfg.MODEL.MIMIC.TEACHER.WEIGHTS))
+    for key, path in weights:
+        if not path or "://" in path:
+            continue
+        local = check_weights_file(path, key)
+        try:
+            DetectionCheckpointer(torch.nn.Module())._load_file(local)
+        except Exception as e:  # torch/pickle raise many types for a file that is not one
+            raise BadFileError(
+                path,
+                f"{key} is not a readable checkpoint ({type(e).__name__}: {e})",
+                "give a .pth or .pkl checkpoint that detectron2 wrote",
+            ) from e
 
 
 def config_of_run(config_file: str, weights: str) -> str:
@@ -167,6 +243,11 @@ def teacher_config_from_run(cfg: CfgNode, opts=()) -> str:
     return f"Teacher built from {run_config}, the config its weights {weights} were trained with"
 
 
+# Where a spawned process sends its standard output and error (a pipeline stage's console.txt;
+# quant_mimic.pipeline.console); unset: the terminal.
+STAGE_OUTPUT_ENV = "QUANT_MIMIC_STAGE_OUTPUT"
+
+
 class _WorkerExit:
     """``main_fn`` of one spawned process of :func:`launch`, ended without interpreter finalization.
 
@@ -185,7 +266,16 @@ class _WorkerExit:
         self.main_fn = main_fn
 
     def __call__(self, *args):
-        self.main_fn(*args)  # detectron2's launch ignores what it returns in spawned processes
+        output = os.environ.get(STAGE_OUTPUT_ENV)  # a quiet pipeline stage: its file
+        with contextlib.ExitStack() as stack:
+            if output:
+                f = stack.enter_context(open(output, "a", buffering=1))
+                stack.enter_context(contextlib.redirect_stdout(f))
+                stack.enter_context(contextlib.redirect_stderr(f))
+            try:
+                self.main_fn(*args)  # detectron2's launch ignores what it returns when spawned
+            except UserError as e:  # to the parent, which prints its line once
+                raise WorkerUserError(e.line()) from e
         comm.synchronize()
         logging.shutdown()
         for stream in (sys.stdout, sys.stderr):
@@ -201,14 +291,22 @@ def launch(main_fn, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_u
     """
     world_size = num_machines * num_gpus_per_machine
     fn = _WorkerExit(main_fn) if world_size > 1 else main_fn
-    return d2_launch(
-        fn,
-        num_gpus_per_machine,
-        num_machines=num_machines,
-        machine_rank=machine_rank,
-        dist_url=dist_url,
-        args=args,
-    )
+    # After one process failed, torch warns as it terminates the others: noise before the error
+    # (a user error's one line, quant_mimic.errors), which says what happened.
+    spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_logger.level
+    spawn_logger.setLevel(logging.ERROR)
+    try:
+        return d2_launch(
+            fn,
+            num_gpus_per_machine,
+            num_machines=num_machines,
+            machine_rank=machine_rank,
+            dist_url=dist_url,
+            args=args,
+        )
+    finally:
+        spawn_logger.setLevel(level)
 
 
 def launch_from_args(main_fn, args):
@@ -281,10 +379,11 @@ def _data_file_hint():
     except KeyError as e:
         if "is not registered" not in str(e):
             raise
-        raise KeyError(
-            f"{e.args[0].split(' Available')[0]} Describe your data in a data file and pass "
-            "--data FILE (COCO json, VOC xml; docs/YOUR_DATA.md), or register the dataset in "
-            "Python before set-up"
+        raise ConfigError(
+            "DATASETS",
+            e.args[0].split(" Available")[0],
+            "describe your data in a data file and pass --data FILE (COCO json, VOC xml; "
+            "docs/YOUR_DATA.md), or register the dataset in Python before set-up",
         ) from None
 
 
@@ -438,7 +537,11 @@ def _calibrate_stride(cfg: CfgNode) -> str:
 def main(args):
     """``train_net.py``: train (and evaluate) or, with ``--eval-only``, evaluate the student alone
     (no teacher is loaded); the main process writes ``final_metrics.json``."""
-    before = None if args.eval_only else _calibrate_stride
+
+    def before(cfg):
+        check_inputs(cfg, eval_only=args.eval_only, resume=args.resume)
+        return None if args.eval_only else _calibrate_stride(cfg)
+
     opts = list(args.opts) + data_opts(getattr(args, "data", ""))
     cfg = setup_cfg(args.config_file, opts, args=args, before_setup=before)
     if args.eval_only:
@@ -455,3 +558,12 @@ def main(args):
         verify_results(cfg, res)
         write_final_metrics(cfg.OUTPUT_DIR, res)
     return res
+
+
+def train_net_main(argv=None) -> None:
+    """``train_net.py``: its command line (:func:`build_parser`), then :func:`main` in the
+    processes it asks for. Run it through :func:`quant_mimic.errors.run_cli` (user errors as one
+    line)."""
+    args = build_parser().parse_args(argv)
+    print("Command Line Args:", args)
+    launch_from_args(main, args)

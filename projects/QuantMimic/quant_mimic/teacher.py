@@ -30,6 +30,7 @@ from detectron2.modeling import GeneralizedRCNN
 
 from .checkpoint import load_checkpoint_strict
 from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, resolve_teacher_config_path
+from .errors import BadFileError, ConfigError, MissingFileError
 from .fileio import atomic_write_text, file_sha256
 from .quantization import quantize, quantizer_args
 from .teacher_cache import TeacherMapCache, cache_identity, check_cacheable_input, tensor_digest
@@ -61,7 +62,11 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
                 "quant_mimic.get_config('path/to/student.yaml') (as train_net.py does), or call "
                 "add_quantmimic_config(cfg) before cfg.merge_from_file(...), which resolves it"
             )
-        raise FileNotFoundError(f"{TEACHER_CONFIG_KEY} not found: {path!r}{hint}")
+        raise MissingFileError(
+            path or TEACHER_CONFIG_KEY,
+            f"the teacher config ({TEACHER_CONFIG_KEY}) does not exist{hint}",
+            f"set {TEACHER_CONFIG_KEY} to the teacher's yaml or its run's config.yaml",
+        )
     tcfg = get_cfg()
     add_quantmimic_config(tcfg)
     tcfg.merge_from_file(path)
@@ -98,11 +103,12 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
     """
     teacher_quantized = tcfg.MODEL.BACKBONE.NAME == "build_quantized_backbone"
     if teacher_quantized and tcfg.MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0:
-        raise ValueError(
-            f"The teacher config {cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE} asks for a calibrated "
-            "stride (MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0) but does not hold its value: "
-            "point MODEL.MIMIC.TEACHER.CONFIG_FILE at the config.yaml that the quantized teacher's "
-            "training wrote (its STRIDE is the calibrated s)"
+        raise ConfigError(
+            cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE,
+            "the teacher config asks for a calibrated stride (MODEL.QUANTIZATION.CALIBRATION."
+            "LEVELS > 0) but does not hold its value",
+            "point MODEL.MIMIC.TEACHER.CONFIG_FILE at the config.yaml that the quantized "
+            "teacher's training wrote (its STRIDE is the calibrated s)",
         )
     m = cfg.MODEL.MIMIC
     if (
@@ -110,10 +116,11 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
         and (m.QUANTIZE_TEACHER or m.QUANTIZE_STUDENT)
         and cfg.MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0
     ):
-        raise ValueError(
+        raise ConfigError(
+            "",
             "MODEL.QUANTIZATION.CALIBRATION.LEVELS > 0 with a full-precision teacher: the stride "
-            "is calibrated when a quantized teacher is finetuned (stride_calibration.py); set "
-            "MODEL.MIMIC.QUANT_STRIDE or MODEL.QUANTIZATION.STRIDE for this loss instead"
+            "is calibrated when a quantized teacher is finetuned (stride_calibration.py)",
+            "set MODEL.MIMIC.QUANT_STRIDE or MODEL.QUANTIZATION.STRIDE for this loss instead",
         )
     args = quantizer_args((tcfg if teacher_quantized else cfg).MODEL.QUANTIZATION)
     for key, name, value, unset in (
@@ -123,11 +130,13 @@ def mimic_quantizer_args(cfg: CfgNode, tcfg: CfgNode) -> Dict:
         if value == unset:
             continue
         if teacher_quantized and value != args[key]:
-            raise ValueError(
+            raise ConfigError(
+                "",
                 f"MODEL.MIMIC.QUANT_{name} = {value!r} disagrees with the quantized teacher's "
                 f"MODEL.QUANTIZATION.{name} = {args[key]!r} "
-                f"({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): "
-                "the loss's Q must be the teacher's Q (eq. 6); leave the key unset to inherit it"
+                f"({cfg.MODEL.MIMIC.TEACHER.CONFIG_FILE}): the loss's Q must be the teacher's Q "
+                "(eq. 6)",
+                "leave the key unset to inherit it",
             )
         args[key] = value
     quantize(torch.zeros(1), **args)  # validate the overrides too
@@ -148,14 +157,16 @@ def load_teacher_strict(teacher: nn.Module, path: str, config_file: str = "") ->
             what="Teacher checkpoint MODEL.MIMIC.TEACHER.WEIGHTS",
             model_name=built_from,
         )
-    except RuntimeError as e:
-        if "does not match" not in str(e):
+    except BadFileError as e:
+        if "does not match" not in e.what:
             raise
-        raise RuntimeError(
-            f"{e}. Fix: build the teacher from the config its weights were trained with: set "
+        raise BadFileError(
+            e.file,
+            e.what,
+            "build the teacher from the config its weights were trained with: set "
             f"{TEACHER_CONFIG_KEY} to that run's config.yaml (used without asking when it lies "
             "beside MODEL.MIMIC.TEACHER.WEIGHTS and the command line names no teacher config), "
-            "or train the teacher with this config"
+            "or train the teacher with this config",
         ) from None
     logger.info(f"Loaded teacher weights from {path}")
 
@@ -199,9 +210,11 @@ def pin_teacher(output_dir: str, weights: str, resume: bool, allow_change: bool 
                 f"sha256 {current['sha256'][:12]}…)"
             )
             if not allow_change:
-                raise RuntimeError(
-                    message + ". Resume with the same teacher, or set "
-                    "MODEL.MIMIC.TEACHER.ALLOW_CHANGE True to continue against the new one."
+                raise BadFileError(
+                    weights,
+                    message[0].lower() + message[1:],
+                    "resume with the same teacher, or set MODEL.MIMIC.TEACHER.ALLOW_CHANGE True "
+                    "to continue against the new one",
                 )
             logger.warning(message + "; continuing (MODEL.MIMIC.TEACHER.ALLOW_CHANGE True)")
         elif pinned["path"] != current["path"]:

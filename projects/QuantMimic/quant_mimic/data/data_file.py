@@ -33,6 +33,7 @@ import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from ..errors import ConfigError
 from .voc import load_voc_instances, read_split_ids
 from .widerface import register_widerface
 
@@ -59,8 +60,12 @@ SET_KEYS = {"coco": {"coco", "images"}, "voc": {"voc", "split", "year"}}
 SET_KEYS["widerface"] = {"widerface", "split"}
 
 
-class DataFileError(ValueError):
-    """A data file that cannot be used; the message names the file and what is wrong."""
+FORMAT_HINT = "the data file's format is in docs/YOUR_DATA.md"
+
+
+class DataFileError(ConfigError):
+    """A data file that cannot be used (a user error, :mod:`quant_mimic.errors`): the file, what is
+    wrong, how to fix it."""
 
 
 @dataclass
@@ -85,8 +90,8 @@ class DataSpec:
     coco_categories: Dict[str, Dict[int, str]] = field(default_factory=dict)  # json -> {id: name}
 
 
-def _fail(path: str, what: str):
-    raise DataFileError(f"Data file {path}: {what}")
+def _fail(path: str, what: str, fix: str = FORMAT_HINT):
+    raise DataFileError(path, what, fix)
 
 
 def _read_coco_categories(data_file: str, json_file: str) -> Dict[int, str]:
@@ -192,7 +197,7 @@ def read_data_file(path: str) -> DataSpec:
     """
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
-        raise DataFileError(f"Data file {path} does not exist")
+        raise DataFileError(path, "the data file does not exist", "check the path given to --data")
     try:
         with open(path) as f:
             raw = yaml.safe_load(f)
@@ -402,11 +407,13 @@ def check_num_classes(cfg) -> None:
                 continue
             classes = MetadataCatalog.get(name).get("thing_classes")
             if classes is not None and len(classes) != int(value):
-                raise ValueError(
-                    f"Dataset {name!r} (DATASETS.{role}) has {len(classes)} classes "
-                    f"{list(classes)[:10]}{' …' if len(classes) > 10 else ''}, but {key} = "
-                    f"{value}: set {key} {len(classes)}, or give the data with --data FILE, "
-                    "which sets it from the data's names (docs/YOUR_DATA.md)"
+                where = MetadataCatalog.get(name).get("data_file", "")  # "": the config's name
+                raise ConfigError(
+                    where,
+                    f"DATASETS.{role} {name!r} has {len(classes)} classes "
+                    f"{list(classes)[:10]}{' …' if len(classes) > 10 else ''}, but {key} = {value}",
+                    f"set {key} {len(classes)}, or give the data with --data FILE, which sets it "
+                    "from the data's names (docs/YOUR_DATA.md)",
                 )
 
 

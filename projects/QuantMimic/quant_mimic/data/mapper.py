@@ -2,10 +2,12 @@
 
 from detectron2.data import DatasetMapper
 
+from ..errors import DATA_FIX, BadFileError
+
 __all__ = ["ImageReadError", "NamedErrorDatasetMapper"]
 
 
-class ImageReadError(RuntimeError):
+class ImageReadError(BadFileError):
     """An image of the dataset could not be read or decoded (truncated, corrupt, missing)."""
 
 
@@ -21,4 +23,6 @@ class NamedErrorDatasetMapper(DatasetMapper):
             return super().__call__(dataset_dict)
         except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for bad image data
             name = dataset_dict.get("file_name", "?")
-            raise ImageReadError(f"Cannot use image {name}: {type(e).__name__}: {e}") from e
+            raise ImageReadError(
+                name, f"cannot be used as an image ({type(e).__name__}: {e})", DATA_FIX
+            ) from e

@@ -12,6 +12,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..errors import DATA_FIX, DataError
+
 __all__ = ["SYNTH_VOC_CLASSES", "read_split_ids", "load_voc_instances", "register_voc"]
 
 # The six classes of the synthetic VOC-layout benchmark (glyphs of the digits 0-5).
@@ -54,7 +56,9 @@ def _image_size(tree, image_file: str, anno_file: str) -> tuple:
         with Image.open(image_file) as im:
             width, height = im.size
     except OSError as e:
-        raise ValueError(f"{anno_file}: no <size>, and its image {image_file} is unreadable ({e})")
+        raise DataError(
+            f"{anno_file}", f"no <size>, and its image {image_file} is unreadable ({e})", DATA_FIX
+        )
     return height, width
 
 
@@ -81,16 +85,22 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
         anno_file = os.path.join(dirname, "Annotations", fileid + ".xml")
         if not PathManager.exists(anno_file):
             split_file = os.path.join(dirname, "ImageSets", "Main", split + ".txt")
-            raise ValueError(f"{split_file} names image {fileid!r}, which has no {anno_file}")
+            raise DataError(
+                split_file,
+                f"names image {fileid!r}, which has no {anno_file}",
+                "add the annotation, or take the image out of the split file",
+            )
         try:
             with PathManager.open(anno_file) as f:
                 tree = ET.parse(f)
         except ET.ParseError as e:
-            raise ValueError(f"{anno_file}: malformed xml ({e})") from None
+            raise DataError(f"{anno_file}", f"malformed xml ({e})", DATA_FIX) from None
         if tree.getroot().tag != "annotation":
-            raise ValueError(
-                f"{anno_file}: not a VOC annotation (root element <{tree.getroot().tag}>, "
-                "expected <annotation>)"
+            raise DataError(
+                anno_file,
+                f"not a VOC annotation (root element <{tree.getroot().tag}>, expected "
+                "<annotation>)",
+                DATA_FIX,
             )
         file_name = _image_file(dirname, fileid, tree)
         height, width = _image_size(tree, file_name, anno_file)
@@ -100,8 +110,10 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
             counts["objects"] += 1
             name = _text(obj, "name", anno_file, i)
             if name not in class_names:
-                raise ValueError(
-                    f"{anno_file}: unknown class {name!r}; expected one of {list(class_names)}"
+                raise DataError(
+                    anno_file,
+                    f"unknown class {name!r}; expected one of {list(class_names)}",
+                    "add it to the data file's names, or correct the object's <name>",
                 )
             xyxy = [
                 _float(obj, f"bndbox/{k}", anno_file, i) for k in ("xmin", "ymin", "xmax", "ymax")
@@ -131,7 +143,11 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
             "image left out"
         )
     if counts["objects"] and not any(per_class.values()):
-        raise ValueError(f"VOC {where}: all {counts['objects']} objects were left out")
+        raise DataError(
+            f"VOC {where}",
+            f"all {counts['objects']} objects were left out (inverted or outside their image)",
+            DATA_FIX,
+        )
     empty = [c for c, n in per_class.items() if n == 0]
     if empty and dicts:
         logger.warning(f"VOC {where}: no object of class(es) {empty}; their AP is undefined")
@@ -141,7 +157,7 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
 def _text(node, path: str, anno_file: str, index: int) -> str:
     found = node.find(path)
     if found is None or found.text is None or not found.text.strip():
-        raise ValueError(f"{anno_file}: object {index} has no <{path}>")
+        raise DataError(f"{anno_file}", f"object {index} has no <{path}>", DATA_FIX)
     return found.text.strip()
 
 
@@ -150,11 +166,13 @@ def _float(node, path: str, anno_file: str, index: int) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(
-            f"{anno_file}: object {index}: <{path}> is not a number: {text!r}"
+        raise DataError(
+            f"{anno_file}: object {index}", f"<{path}> is not a number: {text!r}", DATA_FIX
         ) from None
     if not math.isfinite(value):
-        raise ValueError(f"{anno_file}: object {index}: <{path}> is not finite: {text!r}")
+        raise DataError(
+            f"{anno_file}: object {index}", f"<{path}> is not finite: {text!r}", DATA_FIX
+        )
     return value
 
 
@@ -164,7 +182,9 @@ def _difficult(obj, anno_file: str, index: int) -> int:
         return 0
     text = _text(obj, "difficult", anno_file, index)
     if text not in ("0", "1"):
-        raise ValueError(f"{anno_file}: object {index}: <difficult> must be 0 or 1, got {text!r}")
+        raise DataError(
+            f"{anno_file}: object {index}", f"<difficult> must be 0 or 1, got {text!r}", DATA_FIX
+        )
     return int(text)
 
 
@@ -173,9 +193,9 @@ def _int_field(tree, path: str, anno_file: str) -> int:
     try:
         value = int(found.text)
     except (AttributeError, TypeError, ValueError):
-        raise ValueError(f"{anno_file}: missing or non-integer {path[2:]}") from None
+        raise DataError(f"{anno_file}", f"missing or non-integer {path[2:]}", DATA_FIX) from None
     if value <= 0:
-        raise ValueError(f"{anno_file}: {path[2:]} must be positive, got {value}")
+        raise DataError(f"{anno_file}", f"{path[2:]} must be positive, got {value}", DATA_FIX)
     return value
 
 

@@ -19,6 +19,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 from detectron2.utils.file_io import PathManager
 
+from ..errors import DATA_FIX, DataError
+
 __all__ = [
     "WIDER_ATTRIBUTES",
     "parse_wider_bbx_gt",
@@ -54,34 +56,42 @@ def parse_wider_bbx_gt(path: str) -> List[Tuple[str, List[List[int]]]]:
             continue
         name = lines[i].strip()
         if not name.lower().endswith((".jpg", ".jpeg", ".png")):
-            raise ValueError(f"{path}:{i + 1}: expected an image name, got {name!r}")
+            raise DataError(f"{path}:{i + 1}", f"expected an image name, got {name!r}", DATA_FIX)
         if i + 1 >= len(lines):
-            raise ValueError(f"{path}:{i + 2}: missing face count after {name!r}")
+            raise DataError(f"{path}:{i + 2}", f"missing face count after {name!r}", DATA_FIX)
         try:
             count = int(lines[i + 1].strip())
         except ValueError:
-            raise ValueError(
-                f"{path}:{i + 2}: expected a face count, got {lines[i + 1]!r}"
+            raise DataError(
+                f"{path}:{i + 2}", f"expected a face count, got {lines[i + 1]!r}", DATA_FIX
             ) from None
         if count < 0:
-            raise ValueError(f"{path}:{i + 2}: negative face count {count}")
+            raise DataError(f"{path}:{i + 2}", f"negative face count {count}", DATA_FIX)
         num_rows = max(count, 1)  # 0 faces: one all-zero placeholder line follows
         rows = []
         for j in range(i + 2, i + 2 + num_rows):
             if j >= len(lines):
-                raise ValueError(f"{path}:{j + 1}: file ends inside the faces of {name!r}")
+                raise DataError(
+                    f"{path}:{j + 1}", f"file ends inside the faces of {name!r}", DATA_FIX
+                )
             fields = lines[j].split()
             try:
                 values = [int(float(v)) for v in fields]
             except (ValueError, OverflowError):  # "x", "nan", "1e400"
-                raise ValueError(f"{path}:{j + 1}: non-numeric face row {lines[j]!r}") from None
+                raise DataError(
+                    f"{path}:{j + 1}", f"non-numeric face row {lines[j]!r}", DATA_FIX
+                ) from None
             if len(values) != 10:
-                raise ValueError(f"{path}:{j + 1}: expected 10 values per face, got {len(values)}")
+                raise DataError(
+                    f"{path}:{j + 1}", f"expected 10 values per face, got {len(values)}", DATA_FIX
+                )
             rows.append(values)
         if count == 0:
             if any(rows[0]):
-                raise ValueError(
-                    f"{path}:{i + 3}: an image with 0 faces must be followed by a zero line"
+                raise DataError(
+                    f"{path}:{i + 3}",
+                    "an image with 0 faces must be followed by a zero line",
+                    DATA_FIX,
                 )
             rows = []
         out.append((name, rows))
@@ -134,7 +144,7 @@ def load_widerface_instances(
                 with Image.open(path) as im:
                     record["width"], record["height"] = im.size
             except OSError as e:  # missing, not an image, unreadable header
-                raise ValueError(f"Cannot open WIDER FACE image {path}: {e}") from e
+                raise DataError(path, f"cannot open this WIDER FACE image ({e})", DATA_FIX) from e
         if rows is not None:
             annos = []
             for row in rows:
@@ -163,10 +173,12 @@ def load_widerface_instances(
             f"clipped to it; {counts['outside']} boxes lie entirely outside and were left out"
         )
     if counts["rows"] and not kept:
-        raise ValueError(
-            f"WIDER FACE {name} ({bbx_gt_file}): all {counts['rows']} face rows were left out "
+        raise DataError(
+            bbx_gt_file,
+            f"WIDER FACE {name}: all {counts['rows']} face rows were left out "
             f"({counts['invalid']} invalid, {counts['degenerate']} degenerate, {counts['outside']} "
-            "outside their image): nothing to train or evaluate on"
+            "outside their image): nothing to train or evaluate on",
+            DATA_FIX,
         )
     return dicts
 

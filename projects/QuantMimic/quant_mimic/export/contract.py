@@ -27,6 +27,7 @@ from typing import Dict, List, Optional
 from detectron2.config import CfgNode
 
 from ..config import student_architecture
+from ..errors import BadFileError, MissingFileError
 from ..fileio import atomic_output, file_sha256
 from ..version import __version__
 
@@ -147,6 +148,9 @@ def openvino_contract(xml_path: str) -> Optional[Dict]:
     return json.loads(model.get_rt_info(RT_INFO_PATH).astype(str))
 
 
+_EXPORT_FIX = "export the student with tools/export_student.py --format onnx"
+
+
 def read_contract(path: str) -> Dict:
     """The contract recorded in an exported file (an ONNX file, or the OpenVINO int8 IR ``.xml``
     of :mod:`quant_mimic.export.int8`); a file that is neither, or one without the contract, is an
@@ -154,30 +158,39 @@ def read_contract(path: str) -> Dict:
     import onnx
 
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingFileError(path, "the exported student does not exist", "check the path")
     if path.endswith(".xml"):
         try:
             contract = openvino_contract(path)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses for a bad IR
-            raise ValueError(f"{path} is not an OpenVINO IR ({type(e).__name__}: {e})") from None
+            raise BadFileError(
+                path, f"not an OpenVINO IR ({type(e).__name__}: {e})", _EXPORT_FIX
+            ) from None
         if contract is None:
-            raise ValueError(f"{path} is an OpenVINO IR without QuantMimic's contract")
+            raise BadFileError(
+                path, "an OpenVINO IR without QuantMimic's contract", _EXPORT_FIX + " --int8"
+            )
         return contract
     try:
         model = onnx.load(path, load_external_data=False)
     except Exception as e:  # protobuf raises several types for a file that is not ONNX
-        raise ValueError(f"{path} is not an ONNX file ({type(e).__name__}: {e})") from None
+        raise BadFileError(
+            path, f"not an ONNX file ({type(e).__name__}: {e})", _EXPORT_FIX
+        ) from None
     props = {p.key: p.value for p in model.metadata_props}
     if CONTRACT_KEY not in props:
-        raise ValueError(
-            f"{path} is an ONNX file without QuantMimic's contract (metadata {CONTRACT_KEY!r}: "
-            "class names, input format, resize rule, threshold); export it with "
-            "tools/export_student.py --format onnx"
+        raise BadFileError(
+            path,
+            f"an ONNX file without QuantMimic's contract (metadata {CONTRACT_KEY!r}: class names, "
+            "input format, resize rule, threshold)",
+            _EXPORT_FIX,
         )
     contract = json.loads(props[CONTRACT_KEY])
     if contract.get("version") != CONTRACT_VERSION:
-        raise ValueError(
-            f"{path} records contract version {contract.get('version')!r}; this version reads "
-            f"{CONTRACT_VERSION}: export it again"
+        raise BadFileError(
+            path,
+            f"records contract version {contract.get('version')!r}; this version reads "
+            f"{CONTRACT_VERSION}",
+            "export it again with tools/export_student.py",
         )
     return contract

@@ -1,5 +1,5 @@
 """Exact, runtime-friendly forms of detectron2's inference post-processing, used when the student is
-exported to ONNX (issue 22; docs/SPEED.md, "Post-processing").
+exported to ONNX (docs/SPEED.md, "Post-processing").
 
 A VGG-1-32 student's network is so small that detectron2's post-processing is a third of its
 exported inference time in onnxruntime. Two parts of it cost far more than their arithmetic:

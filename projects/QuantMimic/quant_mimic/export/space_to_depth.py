@@ -1,4 +1,4 @@
-"""An exact half-resolution form of VGG's first block, for deployment (issue 22, docs/SPEED.md).
+"""An exact half-resolution form of VGG's first block, for deployment (docs/SPEED.md).
 
 VGG-1-32's block 1 is two 3×3 convolutions of 1→2 and 2→2 channels at full resolution followed by
 a 2×2 max pool: ~32 MMAC at 576×1024 that generic convolution kernels run far below their speed

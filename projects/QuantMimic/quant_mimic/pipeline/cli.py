@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the teacher at every mimic step instead of caching its maps "
         "(DIR/teacher_cache/<teacher stage>, shared by every seed, λ and row)",
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show each stage's own output (detectron2's config and iteration logs) here too; "
+        "by default it goes to the stage's console.txt and log.txt",
+    )
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for every stage")
     return p
 

@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence
 
 import yaml
 
+from ..errors import ConfigError, MissingFileError
 from .benches import (
     BENCHES,
     DATA_STAGES,
@@ -61,6 +62,10 @@ def _merge(base: Dict, over: Dict) -> Dict:
     return out
 
 
+def _preset_names(folder: str) -> List[str]:
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
 def load_preset(name: str, bench: str, _relative_to: Optional[str] = None) -> Dict:
     """
     The preset's section for ``bench``: ``data`` (generator arguments), ``opts`` (every stage),
@@ -73,20 +78,35 @@ def load_preset(name: str, bench: str, _relative_to: Optional[str] = None) -> Di
     """
     path = _preset_path(name, _relative_to, preset_dir(bench))
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Preset {name!r} not found (looked for {path})")
-    with open(path) as f:
-        preset = yaml.safe_load(f) or {}
+        raise MissingFileError(
+            name,
+            f"no such preset (looked for {path})",
+            f"use one of {_preset_names(preset_dir(bench))} or a preset yaml file",
+        )
+    try:
+        with open(path) as f:
+            preset = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(path, f"the preset is not valid YAML ({e})", "correct its syntax")
+    if not isinstance(preset, dict):
+        raise ConfigError(path, "the preset is not a mapping", "give it one section per bench")
     base = preset.pop("_BASE_", None)
     if bench not in preset and base is None:
-        raise KeyError(f"Preset {path} has no section for bench {bench!r}")
+        raise ConfigError(
+            path, f"the preset has no section for {bench!r}", f"add a '{bench}:' section to it"
+        )
     section = preset.get(bench) or {}
     if base is not None:
         section = _merge(load_preset(base, bench, os.path.dirname(path)), section)
     unknown = set(section) - PRESET_SECTIONS
     if unknown:
-        raise KeyError(f"Preset {path}, bench {bench}: unknown sections {sorted(unknown)}")
+        raise ConfigError(
+            path,
+            f"{bench}: unknown section(s) {sorted(unknown)}",
+            f"use only {sorted(PRESET_SECTIONS)}",
+        )
     if section.get("init", "random") not in INITS:
-        raise ValueError(f"Preset {path}, bench {bench}: init must be one of {INITS}")
+        raise ConfigError(path, f"{bench}: init must be one of {INITS}", "correct init")
     return section
 
 

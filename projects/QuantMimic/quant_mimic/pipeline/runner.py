@@ -21,6 +21,7 @@ from .benches import (
     pretrain_dir,
     stage_dir,
 )
+from .console import Console
 from .plan import (
     epochs_to_iterations,
     generate_cls_data,
@@ -51,7 +52,14 @@ from .records import (
 )
 from .tables import results_markdown
 
-__all__ = ["train_stage", "run", "save_results", "mismatch_pass", "device_name"]
+__all__ = [
+    "train_stage",
+    "check_stage_configs",
+    "run",
+    "save_results",
+    "mismatch_pass",
+    "device_name",
+]
 
 
 class _StageLogs:
@@ -112,28 +120,36 @@ def pretrain_stage(bench: str, preset: Dict, out: str, num_gpus: int, force: boo
 
 
 class _RateWatcher(threading.Thread):
-    """While a stage trains, reads its metrics.json until its first iterations give a rate, then
-    refines the overall ETA with it and prints it once."""
+    """
+    While a stage trains, reads its metrics.json: once its first iterations give a rate, refines
+    the overall ETA with it; says a progress line (iterations done, the stage's ETA, the
+    pipeline's) each time another ``step`` percent of the stage's iterations is done.
+    """
 
-    def __init__(self, progress: Progress, stage: str, d: str, index: int, label: str):
+    def __init__(self, progress: Progress, stage: str, d: str, index: int, label: str,
+                 total: int, say: Callable[[str], None], step: int = 10):  # fmt: skip
         super().__init__(daemon=True)
         self.progress, self.stage, self.d, self.index, self.label = progress, stage, d, index, label
+        self.total, self.say, self.step = total, say, step
         self.done = threading.Event()
 
     def run(self):
-        while not self.done.wait(5.0):
-            measured = logged_rate(os.path.join(self.d, "metrics.json"))
+        shown = 0  # the last percentage said
+        while not self.done.wait(2.0):
+            measured = logged_rate(os.path.join(self.d, "metrics.json"), min_iterations=1)
             if measured is None:
                 continue
             rate, iterations = measured
             self.progress.observe(self.stage, rate)
-            eta = self.progress.eta(self.index)
-            print(
-                f"{self.label}: {rate:.3f} s/iteration over its first {iterations} iterations; "
-                f"{eta}",
-                flush=True,
+            percent = min(100, 100 * iterations // max(self.total, 1))
+            if percent < shown + self.step or percent >= 100:
+                continue
+            shown = percent - percent % self.step
+            left = fmt_s(max(self.total - iterations, 0) * rate)
+            self.say(
+                f"{self.label}: {percent:3d}% ({iterations}/{self.total} iterations, "
+                f"{rate:.2f} s/it), stage ETA {left}; pipeline {self.progress.eta(self.index)}"
             )
-            return
 
     def stop(self):
         self.done.set()
@@ -246,31 +262,59 @@ def export_stage(args, bench: str, preset: Dict, out: str) -> str:
     )
 
 
+def check_stage_configs(args, bench: str, preset: Dict, out: str, stages, data_file: str) -> None:
+    """
+    Every training stage's config as it will be set up (its yaml, the preset, the overrides, the
+    data file), before anything is written: a bad key or value, or a class count that does not
+    fit the data, is a user error now (:mod:`quant_mimic.errors`), not after the stages before it
+    trained.
+    """
+    from ..engine import get_config
+
+    init = student_init(getattr(args, "init", None), preset, args.stages)
+    for stage in stages:
+        if stage in ("data", PRETRAIN_STAGE, EXPORT_STAGE):
+            continue
+        seed = None if stage in TEACHER_STAGES else 0
+        opts = stage_opts(bench, preset, out, stage, seed, args.opts, False, init, data_file)
+        get_config(config_file(bench, stage), opts)
+
+
 def run(args, train: Optional[Callable] = None) -> List[Dict]:
     """
     Run the pipeline that ``args`` (:func:`quant_mimic.pipeline.cli.parse_args`) describes and
     return its records. ``train`` (default :func:`train_stage`) trains one stage run:
-    ``train(config_file, opts, num_gpus)``.
+    ``train(config_file, opts, num_gpus)``. The console gets the pipeline's own lines; each
+    stage's output goes to its ``console.txt`` (:class:`~.console.Console`; ``args.verbose``:
+    to the console too).
     """
     train = train or train_stage
+    console = Console(verbose=getattr(args, "verbose", False))
     bench, out = args.bench, os.path.abspath(args.out)
+    console.say(
+        f"Logs: {out}/<stage>/log.txt (detectron2's) and console.txt (all a stage prints); "
+        "--verbose shows them here"
+    )
     preset = load_preset(args.preset, bench)
     data_file = getattr(args, "data", "") or ""
     if data_file:  # your data: checked (and its images counted) before anything is written
         data_file = args.data = os.path.abspath(data_file)
         stages = plan_data_stages(args.stages)
         n = train_images(data_file)
+        check_stage_configs(args, bench, preset, out, stages, data_file)
         for line in epochs_to_iterations(bench, preset, n, args.opts):
-            print(f"Schedule {line}", flush=True)
+            console.say(f"Schedule {line}")
         os.makedirs(out, exist_ok=True)
     else:
-        os.makedirs(out, exist_ok=True)
         # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
         os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
         from ..data import register_all_quantmimic_datasets
 
         register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
         stages = plan_stages(args.stages, data_root(bench, out))
+        check_stage_configs(args, bench, preset, out, stages, "")
+        os.makedirs(out, exist_ok=True)
+    pipeline_output = os.path.join(out, "console.txt")  # what the steps between stages print
     args.init = student_init(getattr(args, "init", None), preset, args.stages)
     backbone = os.path.join(pretrain_dir(out), "backbone.pth")
     if args.init == "pretrained" and PRETRAIN_STAGE not in stages and not os.path.isfile(backbone):
@@ -290,15 +334,20 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
     for k, (stage, seed, iters) in enumerate(runs, 1):
         label = f"[{k}/{len(runs)}] {stage}" + (f" (seed {seed})" if seed is not None else "")
         if stage == "data":
-            print(f"{label}: {generate_data(bench, preset, out, args.force)}", flush=True)
+            with console.quiet(pipeline_output):
+                done = generate_data(bench, preset, out, args.force)
+            console.say(f"{label}: {done}")
             continue
         if stage == PRETRAIN_STAGE:
-            print(f"{label} …", flush=True)
-            done = pretrain_stage(bench, preset, out, args.num_gpus, args.force)
-            print(f"{label}: {done}", flush=True)
+            console.say(f"{label} … (log {pretrain_dir(out)}/console.txt)")
+            with console.quiet(os.path.join(pretrain_dir(out), "console.txt")):
+                done = pretrain_stage(bench, preset, out, args.num_gpus, args.force)
+            console.say(f"{label}: {done}")
             continue
         if stage == EXPORT_STAGE:
-            print(f"{label}: {export_stage(args, bench, preset, out)}", flush=True)
+            with console.quiet(os.path.join(export_dir(out), "console.txt")):
+                exported = export_stage(args, bench, preset, out)
+            console.say(f"{label}: {exported}")
             continue
         if args.init == "pretrained" and not getattr(args, "init_sha256", None):
             if not os.path.isfile(backbone):
@@ -309,12 +358,12 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
         d = stage_dir(out, stage, seed)
         check_stage_init(args, stage, d)
         if os.path.isfile(os.path.join(d, DIVERGED)) and not args.force:
-            print(f"{label}: skip, diverged ({d}/{DIVERGED}; --force to retry)", flush=True)
+            console.say(f"{label}: skip, diverged ({d}/{DIVERGED}; --force to retry)")
             if (stage, seed) not in records:
                 records[(stage, seed)] = diverged_record(args, stage, seed, iters, device, d)
             continue
         if is_done(d) and not args.force:
-            print(f"{label}: skip, done ({d})", flush=True)
+            console.say(f"{label}: skip, done ({d})")
             if (stage, seed) not in records:  # finished, but recorded by no earlier invocation
                 records[(stage, seed)] = make_record(args, stage, seed, iters, None, device, d)
             if records[(stage, seed)].get("wall_s"):  # the ETA learns from earlier invocations
@@ -325,21 +374,22 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             check_stage_init(args, stage, d)
         if stage in TEACHER_STAGES and os.path.isdir(teacher_cache_dir(out, stage)):
             shutil.rmtree(teacher_cache_dir(out, stage))  # maps of the teacher being retrained
-        print(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)", flush=True)
+        console.say(f"{label}: {iters} iterations … {progress.eta(k - 1)} (log {d}/log.txt)")
         opts = stage_opts(
             bench, preset, out, stage, seed, args.opts, _use_cache(args), args.init, data_file
         )
         start = time.time()
-        watcher = _RateWatcher(progress, stage, d, k - 1, label)
+        watcher = _RateWatcher(progress, stage, d, k - 1, label, iters, console.say)
         watcher.start()
         try:
-            train(config_file(bench, stage), opts, args.num_gpus)
+            with console.quiet(os.path.join(d, "console.txt")):
+                train(config_file(bench, stage), opts, args.num_gpus)
         except Exception as e:  # a student's NaN is a result (recorded); anything else is a bug
             if stage in TEACHER_STAGES or not is_divergence(e):
                 raise
             records[(stage, seed)] = diverged_record(args, stage, seed, iters, device, d, e)
             save_results(out, bench, list(records.values()))
-            print(f"{label}: DIVERGED at iteration {last_iteration(d)} (recorded)", flush=True)
+            console.say(f"{label}: DIVERGED at iteration {last_iteration(d)} (recorded)")
             continue
         finally:
             watcher.stop()
@@ -351,15 +401,22 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
             f"{m.split('/')[-1]} {records[(stage, seed)]['metrics'].get(m, float('nan')):.2f}"
             for m in BENCHES[bench]["metrics"]
         )
-        print(f"{label}: done in {fmt_s(wall)}: {main}; {progress.eta(k)}", flush=True)
+        console.say(f"{label}: done in {fmt_s(wall)}: {main}; {progress.eta(k)}")
     recs = list(records.values())
     diverged = [f"{r['stage']} seed {r['seed']}" for r in recs if r.get("diverged")]
     if diverged:
-        print(f"{len(diverged)} run(s) diverged, recorded without metrics: {diverged}", flush=True)
+        console.say(f"{len(diverged)} run(s) diverged, recorded without metrics: {diverged}")
     if recs:
-        save_results(out, bench, recs)
-        if not args.no_mismatch:
-            mismatch_pass(args, bench, preset, out)
-        plot_learning_curves(bench, out, os.path.join(out, "learning_curves.png"))
-    print(f"Pipeline finished in {fmt_s(time.time() - t0)}; results in {out}", flush=True)
+        with console.quiet(pipeline_output):
+            save_results(out, bench, recs)
+            if not args.no_mismatch:
+                mismatch_pass(args, bench, preset, out)
+            plot_learning_curves(bench, out, os.path.join(out, "learning_curves.png"))
+    console.say(f"Pipeline finished in {fmt_s(time.time() - t0)}; results in {out}")
+    if recs:
+        with open(os.path.join(out, "results.md")) as f:
+            console.say("\n" + f.read().rstrip())
+    exported = os.path.join(export_dir(out), "student.onnx")
+    if os.path.isfile(exported):
+        console.say(f"Exported student: {exported}")
     return recs
