@@ -13,6 +13,7 @@ import torch
 from detectron2.engine import DefaultPredictor
 
 from quant_mimic import get_config
+from quant_mimic.errors import UserError
 from quant_mimic.export import (
     Detector,
     compare_detections,
@@ -125,7 +126,7 @@ class TestDetector(unittest.TestCase):
             text = os.path.join(d, "x.onnx")
             with open(text, "w") as f:
                 f.write("not a model")
-            with self.assertRaisesRegex(ValueError, "not an ONNX file"):
+            with self.assertRaisesRegex(UserError, "not an ONNX file"):
                 Detector(text)
             node = helper.make_node("Identity", ["image"], ["boxes"])
             graph = helper.make_graph(
@@ -136,7 +137,7 @@ class TestDetector(unittest.TestCase):
             )
             foreign = os.path.join(d, "foreign.onnx")
             onnx.save(helper.make_model(graph), foreign)
-            with self.assertRaisesRegex(ValueError, "without QuantMimic's contract.*class names"):
+            with self.assertRaisesRegex(UserError, "without QuantMimic's contract.*class names"):
                 Detector(foreign)
             cfg, path = _exported(d, C4, SMALL)
             detector = Detector(path, threads=1)

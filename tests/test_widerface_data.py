@@ -122,7 +122,9 @@ class TestWiderFaceDataChecks(unittest.TestCase):
             os.makedirs(os.path.join(d, "images", "0--E"))
             with open(os.path.join(d, "images", "0--E", "a.jpg"), "wb") as f:
                 f.write(b"not an image")
-            with self.assertRaisesRegex(ValueError, r"0--E/a\.jpg: cannot open this WIDER FACE image"):
+            with self.assertRaisesRegex(
+                ValueError, r"0--E/a\.jpg: cannot open this WIDER FACE image"
+            ):
                 load_widerface_instances(os.path.join(d, "images"), _write(d, text), "t")
 
     def test_truncated_image_is_named_by_the_mapper(self):

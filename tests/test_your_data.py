@@ -362,5 +362,5 @@ class TestToolsWithARun(unittest.TestCase):
                 _custom("faster_rcnn_R18-1-16_C4_scratch.yaml"),
                 ["DATASETS.TRAIN", "('my_train',)", "OUTPUT_DIR", d] + QUICK,
             )
-            with self.assertRaisesRegex(KeyError, "my_train.*--data FILE"):
+            with self.assertRaisesRegex(ValueError, "my_train.*--data FILE"):
                 engine.Trainer.build_train_loader(cfg)

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import pickle
 import sys
 
 import torch
@@ -197,7 +198,11 @@ def check_inputs(cfg: CfgNode, eval_only: bool = False, resume: bool = False) ->
             continue
         local = check_weights_file(path, key)
         try:
-            DetectionCheckpointer(torch.nn.Module())._load_file(local)
+            if local.endswith(".pkl"):  # Detectron / Caffe2 / pycls weights, as detectron2 reads
+                with open(local, "rb") as f:
+                    pickle.load(f, encoding="latin1")
+            else:
+                torch.load(local, map_location="cpu", weights_only=False)
         except Exception as e:  # torch/pickle raise many types for a file that is not one
             raise BadFileError(
                 path,

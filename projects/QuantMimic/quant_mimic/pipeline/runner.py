@@ -1,5 +1,7 @@
 """Running the pipeline: each stage through ``train_net.py``, records, tables, figures, Fig. 5."""
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -277,7 +279,8 @@ def check_stage_configs(args, bench: str, preset: Dict, out: str, stages, data_f
             continue
         seed = None if stage in TEACHER_STAGES else 0
         opts = stage_opts(bench, preset, out, stage, seed, args.opts, False, init, data_file)
-        get_config(config_file(bench, stage), opts)
+        with contextlib.redirect_stderr(io.StringIO()):  # its notes come again when it runs
+            get_config(config_file(bench, stage), opts)
 
 
 def run(args, train: Optional[Callable] = None) -> List[Dict]:
@@ -301,8 +304,9 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
         data_file = args.data = os.path.abspath(data_file)
         stages = plan_data_stages(args.stages)
         n = train_images(data_file)
+        schedule = epochs_to_iterations(bench, preset, n, args.opts)  # epochs -> MAX_ITER
         check_stage_configs(args, bench, preset, out, stages, data_file)
-        for line in epochs_to_iterations(bench, preset, n, args.opts):
+        for line in schedule:
             console.say(f"Schedule {line}")
         os.makedirs(out, exist_ok=True)
     else:
