@@ -1,4 +1,4 @@
-"""Regression test for the collapse once seen on faces: a detector that never leaves the classification prior.
+"""Regression test for a collapse once seen on faces: a detector that never leaves the prior.
 
 The collapsed runs (the scratch VGG-1-32 student; the VGG-1-4 teacher after 400
 iterations) scored every detection 0.10 ± 0.02 (max 0.15) with ``loss_cls`` flat from iteration
@@ -44,7 +44,7 @@ def score_band(scores: torch.Tensor) -> dict:
 
 
 def is_collapsed(scores: torch.Tensor) -> bool:
-    """All detections in one narrow band, none confident (the collapsed runs: 0.10 ± 0.02, max 0.15)."""
+    """All detections in one narrow band, none confident (collapsed runs: 0.10 ± 0.02, max 0.15)."""
     b = score_band(scores)
     return b["std"] < 0.06 or b["max"] < 0.5
 

@@ -219,7 +219,7 @@ class TestHandler(unittest.TestCase):
     def test_line_and_worker_text(self):
         e = UserError("a.yaml", "two\nlines", "fix")
         self.assertEqual(e.line(), "error: a.yaml: two lines; fix")
-        text = f"Traceback ...\nquant_mimic.errors.handler.WorkerUserError: QUANT_MIMIC_USER_ERROR:{e.line()}\n"
+        text = f"Traceback ...\nWorkerUserError: QUANT_MIMIC_USER_ERROR:{e.line()}\n"
         self.assertEqual(worker_user_error_line(RuntimeError(text)), e.line())
         self.assertIsNone(worker_user_error_line(RuntimeError("Traceback ... KeyError")))
 

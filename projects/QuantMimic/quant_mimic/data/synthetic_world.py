@@ -50,7 +50,7 @@ class FaceStyle:
     max_side_frac: float = 0.75
     invalid_below: int = 8  # faces under this side are WIDER's "invalid" rows
     blur_probs: Tuple[float, float, float] = (0.45, 0.3, 0.25)  # none / normal / heavy (WIDER)
-    # σ factor for normal / heavy blur. Heavy blur was 0.2·side until the calibration of the collapse investigation:
+    # σ factor for normal / heavy blur. Heavy blur was 0.2·side until the collapse calibration:
     # that erased every face into a flat square, indistinguishable from a low-contrast distractor,
     # i.e. label noise (see README, Evidence).
     blur_sigma: Tuple[float, float] = (0.03, 0.08)
