@@ -20,13 +20,17 @@ $(STAMP): pyproject.toml tools/install_deps.sh | $(PY)
 
 install: $(STAMP)
 
-# Whole suite, serially (as detectron2's CI), with the slowest tests listed.
+# Whole suite on two pytest-xdist workers of one thread each (tests/conftest.py), with the slowest
+# tests listed; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
+XDIST := $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist load --maxschedchunk 1)
 test: install
-	$(PY) -m pytest tests -q --durations=10 $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q $(XDIST) --durations=10 $(PYTEST_ARGS)
 
-# Everything except the end-to-end runs marked slow.
+# The edit-run loop: the unit tests, without the ones marked slow (end-to-end runs, subprocesses,
+# several processes; each ≥ 5 s).
 test-fast: install
-	$(PY) -m pytest tests -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q $(XDIST) -m "not slow" $(PYTEST_ARGS)
 
 # The main job: the whole pipeline (data, teacher, quantized teacher, four students) on the synthetic
 # faces benchmark on this machine's CPU, then its table. DEMO_ARGS adds options, e.g. --seeds 3.

@@ -14,6 +14,7 @@ import tempfile
 import unittest
 
 import numpy as np
+import pytest
 import torch
 
 from detectron2.data import DatasetMapper
@@ -66,6 +67,7 @@ class TestCollapseCriterion(unittest.TestCase):
 
 
 class TestScratchStudentLeavesThePrior(unittest.TestCase):
+    @pytest.mark.slow
     def test_short_training_on_synthetic_faces(self):
         from quant_mimic.data.synthetic import generate_faces
         from quant_mimic.data.widerface import load_widerface_instances

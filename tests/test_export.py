@@ -6,6 +6,7 @@ import sys
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -141,6 +142,7 @@ class TestExportRoundTrip(unittest.TestCase):
 
 
 class TestOnnxRuntimeLevel(unittest.TestCase):
+    @pytest.mark.slow
     def test_fastest_level_recorded_and_applied(self):
         import numpy as np
         import onnx
@@ -368,6 +370,7 @@ class TestOpenVINO(unittest.TestCase):
 
 
 class TestExportCLI(unittest.TestCase):
+    @pytest.mark.slow
     def test_formats_from_a_mimic_checkpoint(self):
         mimic = build_model_no_weights(get_config(RFCN_QM))
         with tempfile.TemporaryDirectory() as d:

@@ -6,6 +6,7 @@ import os
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.utils.events import EventStorage
@@ -82,6 +83,7 @@ def _ddp_balance_worker(tmp):
 
 
 class TestLossBalanceDDP(unittest.TestCase):
+    @pytest.mark.slow
     def test_every_rank_gets_the_same_lambda(self):
         import json
 
@@ -177,6 +179,7 @@ def _ddp_guard_worker(tmp, mode):
 
 
 class TestCollapseGuardDDP(unittest.TestCase):
+    @pytest.mark.slow
     def test_one_decision_acted_on_by_every_rank(self):
         import json
 

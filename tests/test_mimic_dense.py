@@ -5,6 +5,7 @@ import os
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.structures import Boxes, Instances
@@ -220,6 +221,7 @@ def _ddp_worker(tmp):
 
 
 class TestOneStageDDP(unittest.TestCase):
+    @pytest.mark.slow
     def test_two_process_gloo(self):
         from quant_mimic.engine import launch
 

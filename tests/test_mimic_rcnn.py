@@ -2,6 +2,7 @@ import os
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
@@ -410,6 +411,7 @@ def _ddp_worker(tmp):
 
 
 class TestMimicDDP(unittest.TestCase):
+    @pytest.mark.slow
     def test_two_process_gloo(self):
         with tempfile.TemporaryDirectory() as tmp:
             launch(_ddp_worker, 2, dist_url="auto", args=(tmp,))

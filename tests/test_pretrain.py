@@ -9,6 +9,7 @@ import sys
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.modeling import build_model
@@ -128,6 +129,7 @@ class TestPretrain(unittest.TestCase):
             with self.assertRaisesRegex(PretrainError, "train.* is missing"):
                 check_image_folder(data)
 
+    @pytest.mark.slow
     def test_bad_inputs_exit_2_and_write_no_result(self):
         with tempfile.TemporaryDirectory() as d:
             data, out = self._copy_data(d), os.path.join(d, "out")

@@ -348,6 +348,7 @@ class TestAggregation(unittest.TestCase):
                 series, {"iteration": [20, 40, 60], "mimic/lambda": [1.02] * 3, "x": [None] * 3}
             )
 
+    @pytest.mark.slow
     def test_tools_script_is_a_thin_front_end(self):
         path = os.path.join(REPO_ROOT, "tools", "run_pipeline.py")
         with open(path) as f:

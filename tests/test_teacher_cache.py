@@ -10,6 +10,7 @@ import tempfile
 import unittest
 
 import numpy as np
+import pytest
 import torch
 
 from quant_mimic import Trainer, setup_cfg
@@ -175,6 +176,7 @@ class TestCachedTraining(unittest.TestCase):
             c = model.teacher_cache
             self.assertEqual((c.misses, c.hits, c.size_on_disk()[0]), (3, 3, 3))
 
+    @pytest.mark.slow
     def test_two_processes_fill_one_cache(self):
         with tempfile.TemporaryDirectory() as tmp:
             cache = os.path.join(tmp, "cache")

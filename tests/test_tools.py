@@ -5,6 +5,7 @@ import sys
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from quant_mimic.data.synthetic import generate_faces
@@ -31,6 +32,7 @@ class TestTools(unittest.TestCase):
         student.load_state_dict(exported, strict=True)
         self.assertEqual(set(exported), set(student_state_dict({"model": mimic.state_dict()})))
 
+    @pytest.mark.slow
     def test_export_student_never_overwrites_its_input(self):
         with tempfile.TemporaryDirectory() as d:
             src = os.path.join(d, "m.pth")
@@ -51,6 +53,7 @@ class TestTools(unittest.TestCase):
             self.assertIn(b"not a readable torch checkpoint", proc.stderr)
             self.assertFalse(os.path.exists(src + "2"))
 
+    @pytest.mark.slow
     def test_benchmark_speed_quick_mode_writes_every_field(self):
         with tempfile.TemporaryDirectory() as d:
             out = os.path.join(d, "speed.json")
@@ -95,6 +98,7 @@ class TestTools(unittest.TestCase):
         else:
             self.assertEqual(session["graph_optimization_level"], min(timings, key=timings.get))
 
+    @pytest.mark.slow
     def test_benchmark_speed_openvino_rows(self):
         try:
             import openvino  # noqa: F401
@@ -123,6 +127,7 @@ class TestTools(unittest.TestCase):
         if bf16_supported():
             self.assertEqual(rows[2]["session"]["precision"], "bf16")
 
+    @pytest.mark.slow
     def test_eval_exported_scores_each_runtime_like_the_model(self):
         from quant_mimic.pipeline.plan import generate_data, load_preset
 
@@ -160,6 +165,7 @@ class TestTools(unittest.TestCase):
             self.assertNotEqual(missing.returncode, 0)
             self.assertIn("weights not found", missing.stderr)
 
+    @pytest.mark.slow
     def test_demo_writes_png_of_input_size(self):
         import cv2
 

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import unittest
 
+import pytest
+
 import quant_mimic  # noqa: F401  (registers the project's components)
 from quant_mimic import engine
 from quant_mimic.errors import ConfigError, UserError, run_cli, worker_user_error_line
@@ -225,6 +227,7 @@ class TestHandler(unittest.TestCase):
 
 
 class TestProcesses(unittest.TestCase):
+    @pytest.mark.slow
     def test_train_net_two_processes_one_line_and_debug(self):
         with tempfile.TemporaryDirectory() as d:
             data = os.path.join(d, "my_data.yaml")

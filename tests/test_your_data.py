@@ -9,6 +9,7 @@ import os
 import tempfile
 import unittest
 
+import pytest
 import torch
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -222,6 +223,7 @@ class TestTrainNetOnYourData(unittest.TestCase):
                  "MODEL.WEIGHTS", os.path.join(out, "model_final.pth")]))  # fmt: skip
             self.assertAlmostEqual(res["bbox"]["AP"], metrics["bbox/AP"], places=6)
 
+    @pytest.mark.slow
     def test_voc_xml_teacher_then_student_built_from_the_teacher_run(self):
         with tempfile.TemporaryDirectory() as d:
             data = write_voc_example(os.path.join(d, "data"))
@@ -286,6 +288,7 @@ class TestPipelineOnYourData(unittest.TestCase):
             export = json.load(f)
         return records, export
 
+    @pytest.mark.slow
     def test_coco_and_voc_through_the_pipeline_to_onnx(self):
         import onnx
 
@@ -329,6 +332,7 @@ class TestPipelineOnYourData(unittest.TestCase):
 
 
 class TestToolsWithARun(unittest.TestCase):
+    @pytest.mark.slow
     def test_export_and_demo_from_a_run_need_only_its_weights(self):
         import subprocess
         import sys

@@ -13,6 +13,7 @@ fills its share. Prints a progress line, then the number of entries and the size
 """
 
 import logging
+import sys
 
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -21,6 +22,7 @@ from quant_mimic import Trainer, get_config
 from quant_mimic.config import MIMIC_ARCHITECTURES
 from quant_mimic.data.data_file import data_opts
 from quant_mimic.engine import build_parser, launch_from_args
+from quant_mimic.errors import run_cli
 from quant_mimic.teacher_cache_fill import fill_teacher_cache
 
 
@@ -50,7 +52,11 @@ def main(args) -> dict:
     return stats
 
 
-if __name__ == "__main__":
-    args = build_parser().parse_args()  # train_net.py's: --data FILE too
+def cli(argv=None) -> None:
+    args = build_parser().parse_args(argv)  # train_net.py's: --data FILE too
     logging.basicConfig(level=logging.INFO)
     launch_from_args(main, args)
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(cli))

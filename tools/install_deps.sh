@@ -32,7 +32,7 @@ fi
 #    pip skips requirements that are already satisfied.
 pip_install "setuptools<80" "fvcore>=0.1.5,<0.1.6" "iopath>=0.1.7,<0.1.10" "omegaconf>=2.1,<2.4" \
   "hydra-core>=1.1" pycocotools matplotlib termcolor yacs tabulate cloudpickle tqdm tensorboard Pillow \
-  opencv-python-headless scipy scikit-image onnx onnxruntime openvino nncf safetensors pytest hypothesis black isort flake8
+  opencv-python-headless scipy scikit-image onnx onnxruntime openvino nncf safetensors pytest pytest-xdist hypothesis black isort flake8
 pip_install --no-build-isolation --no-deps -e .
 "$PY" -c "import quant_mimic, detectron2, torch; print('[install] ok: torch', torch.__version__, \
 '| detectron2', detectron2.__version__, '| quant_mimic', quant_mimic.__version__)"

@@ -21,23 +21,16 @@ import logging
 import sys
 
 from quant_mimic.engine import launch_from_args
-from quant_mimic.pretrain import PretrainError, build_parser, main
+from quant_mimic.errors import run_cli
+from quant_mimic.pretrain import build_parser, main
 
 
-def cli(argv=None) -> int:
-    """Run the pretraining; a bad input prints its error and returns 2."""
+def cli(argv=None) -> None:
+    """Run the pretraining (a bad input: one line and exit 2, through quant_mimic.errors)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    try:
-        launch_from_args(main, args)
-    except Exception as e:  # a worker's PretrainError arrives wrapped by torch.multiprocessing
-        if not isinstance(e, PretrainError) and "PretrainError" not in str(e):
-            raise
-        message = str(e).split("PretrainError: ")[-1].strip().splitlines()[0]
-        print(f"pretrain_backbone.py: error: {message}", file=sys.stderr)
-        return 2
-    return 0
+    launch_from_args(main, args)
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(run_cli(cli))

@@ -48,6 +48,7 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import detector_in_features, student_architecture
+from .errors import ConfigError
 from .engine import get_config
 from .fileio import atomic_torch_save, atomic_write_text
 from .timing import fmt_s
@@ -92,7 +93,7 @@ BACKBONE_FILE, CLASSIFIER_FILE, METRICS_FILE = (
 )
 
 
-class PretrainError(Exception):
+class PretrainError(ConfigError):
     """A bad input of the pretraining (data layout, image, config): the message names it."""
 
 

@@ -24,11 +24,14 @@ class UserError(Exception):
     Args:
         file (str): the file or option at fault, as the user wrote it (e.g. ``my_data.yaml``,
             ``--family``).
-        what (str): what is wrong with it.
+        what (str): what is wrong with it. ``UserError(message)`` alone: a whole message that
+            names the file and the fix itself.
         fix (str): how to fix it ("" when the message says it already).
     """
 
-    def __init__(self, file: str, what: str, fix: str = ""):
+    def __init__(self, file: str, what: str = "", fix: str = ""):
+        if not what:  # one argument: the whole message
+            file, what = "", file
         self.file, self.what, self.fix = str(file), str(what), str(fix)
         super().__init__(self.message)
 
