@@ -393,6 +393,7 @@ class TestExportCLI(unittest.TestCase):
             for fmt, name in (("onnx", "s.onnx"), ("torchscript", "s.ts")):
                 out = os.path.join(d, name)
                 argv = ["--config-file", config, "--format", fmt, "--output", out, "--check"]
+                argv += ["--ort-threads", "0"]  # the timing: TestOnnxRuntimeLevel
                 self.assertEqual(main(argv + ["MODEL.WEIGHTS", src]), 0, fmt)
                 self.assertGreater(os.path.getsize(out), 0)
 

@@ -25,11 +25,13 @@ from quant_mimic.errors import run_cli
 from quant_mimic.pretrain import build_parser, main
 
 
-def cli(argv=None) -> None:
-    """Run the pretraining (a bad input: one line and exit 2, through quant_mimic.errors)."""
+def cli(argv=None) -> int:
+    """Run the pretraining; 0 when done (a bad input: one line and exit 2, through the entry
+    points' handler, quant_mimic.errors)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO)
     launch_from_args(main, args)
+    return 0
 
 
 if __name__ == "__main__":

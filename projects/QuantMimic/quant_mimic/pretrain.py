@@ -48,8 +48,8 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from .config import detector_in_features, student_architecture
-from .errors import ConfigError
 from .engine import get_config
+from .errors import ConfigError
 from .fileio import atomic_torch_save, atomic_write_text
 from .timing import fmt_s
 

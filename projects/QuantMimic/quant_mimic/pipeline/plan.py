@@ -43,6 +43,9 @@ __all__ = [
 ]
 
 PRESET_SECTIONS = {"data", "opts", "teacher", "teacher_quantized", "student", "pretrain", "init"}
+# ``export: {ort_threads: T}``: the export stage times onnxruntime's options with T threads and
+# records the fastest (0: no timing; the smoke presets, whose files nobody deploys).
+PRESET_SECTIONS |= {"export"}
 INITS = ("random", "pretrained")
 
 

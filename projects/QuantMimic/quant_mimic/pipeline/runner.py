@@ -244,13 +244,20 @@ def export_stage(args, bench: str, preset: Dict, out: str) -> str:
     cfg = get_config(os.path.join(d, "config.yaml"), ["MODEL.DEVICE", "cpu"])
     weights = os.path.join(d, "model_final.pth")
     start = time.time()
-    done = export_student(cfg, weights, path, "onnx", check_images=val_images(cfg, 2))
+    threads = int((preset.get("export") or {}).get("ort_threads", 2))
+    done = export_student(
+        cfg, weights, path, "onnx", ort_threads=threads, check_images=val_images(cfg, 2)
+    )
     summary = {
         "student": os.path.relpath(d, out),
         "path": path,
         "size_mb": done["size_mb"],
         "bn_folded": done["folded"],
-        "onnxruntime": {k: done["tuned"][k] for k in ("level", "nchwc_min_channels", "host")},
+        "onnxruntime": (
+            {k: done["tuned"][k] for k in ("level", "nchwc_min_channels", "host")}
+            if done["tuned"]
+            else None  # the preset's export.ort_threads 0: not timed
+        ),
         "parity": done["parity"],
         "ok": done["ok"],
         "seconds": round(time.time() - start, 1),
