@@ -1,6 +1,8 @@
 """quant_mimic.pipeline (tools/run_pipeline.py): smoke preset end to end, resume/skip/force,
 aggregation, the ETA, the results figure."""
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -21,6 +23,9 @@ from quant_mimic.pipeline import (
     data_root,
     dict_opts,
     is_mimic_statistics,
+)
+from quant_mimic.pipeline import main as pipeline_main
+from quant_mimic.pipeline import (
     mean_std,
     parse_args,
     plan_stages,
@@ -353,12 +358,13 @@ class TestAggregation(unittest.TestCase):
         path = os.path.join(REPO_ROOT, "tools", "run_pipeline.py")
         with open(path) as f:
             self.assertLessEqual(len(f.read().splitlines()), 150)
-        proc = subprocess.run(
-            [sys.executable, path, "--report", os.path.join(REPO_ROOT, "results", "nope.json")],
-            capture_output=True,
-            text=True,
-        )
-        self.assertNotEqual(proc.returncode, 0)
+        from quant_mimic.errors import run_cli
+
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            nope = os.path.join(REPO_ROOT, "results", "nope.json")
+            self.assertEqual(run_cli(pipeline_main, ["--report", nope]), 2)
+        self.assertIn("nope.json: --report: no such file", err.getvalue())
         with tempfile.TemporaryDirectory() as d:  # not a results.json: a clear error, exit 2
             bad = os.path.join(d, "speed.json")
             with open(bad, "w") as f:

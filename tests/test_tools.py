@@ -16,6 +16,7 @@ from .common import REPO_ROOT, build_model_no_weights, get_config
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 sys.path.insert(0, os.path.join(REPO_ROOT, "datasets"))
+from demo import main as demo_main  # noqa: E402
 from export_student import main as export_main  # noqa: E402
 from export_student import student_state_dict  # noqa: E402
 from prepare_widerface import main as prepare_main  # noqa: E402
@@ -194,13 +195,13 @@ class TestTools(unittest.TestCase):
             subprocess.run([sys.executable, export, "--config-file", config, "--format", "onnx",
                             "--ort-threads", "0", "--output", onnx, "MODEL.WEIGHTS", weights],
                            check=True)  # fmt: skip
-            for extra in ([], ["--onnx", onnx]):
+            for extra in ([], ["--onnx", onnx]):  # in this process, as the script runs it
                 out = os.path.join(d, "out" + str(len(extra)))
-                cmd = [sys.executable, tool, "--config-file", config, "--input", image]
-                cmd += ["--output", out, "--confidence", "0.0"] + extra
-                cmd += ["MODEL.WEIGHTS", weights]
-                proc = subprocess.run(cmd, capture_output=True)
-                self.assertEqual(proc.returncode, 0, proc.stderr[-2000:])
+                argv = ["--config-file", config, "--input", image]
+                argv += ["--output", out, "--confidence", "0.0"] + extra
+                argv += ["MODEL.WEIGHTS", weights]
+                code, err = _run_cli(demo_main, argv)
+                self.assertEqual(code, 0, err[-2000:])
                 png, js = sorted(os.listdir(out), key=lambda n: n.endswith(".json"))
                 drawn = cv2.imread(os.path.join(out, png))
                 self.assertEqual(drawn.shape[:2], cv2.imread(image).shape[:2])

@@ -228,7 +228,9 @@ class TestHandler(unittest.TestCase):
 
 class TestProcesses(unittest.TestCase):
     @pytest.mark.slow
-    def test_train_net_two_processes_one_line_and_debug(self):
+    def test_train_net_two_processes_one_line(self):
+        # the script as a user runs it, two processes: the line once, exit 2, nothing written
+        # (QUANT_MIMIC_DEBUG and --debug: TestHandler, in this process)
         with tempfile.TemporaryDirectory() as d:
             data = os.path.join(d, "my_data.yaml")
             with open(data, "w") as f:
@@ -241,11 +243,6 @@ class TestProcesses(unittest.TestCase):
             self.assertEqual(proc.stderr.strip().splitlines(), [f"error: {data}: no 'val' set; "
                              "the data file's format is in docs/YOUR_DATA.md"])  # fmt: skip
             self.assertFalse(os.path.exists(out))
-            env = dict(os.environ, QUANT_MIMIC_DEBUG="1")
-            proc = subprocess.run(cmd[:2] + cmd[4:], capture_output=True, text=True, env=env)
-            self.assertEqual(proc.returncode, 2, proc.stderr)
-            self.assertIn("Traceback", proc.stderr)
-            self.assertTrue(proc.stderr.strip().splitlines()[-1].startswith("error: "))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """Statistics over seeds (mean ± std, Welch's t-test) and the markdown tables of results.json."""
 
 import json
+import os
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
+from ..errors import ConfigError, MissingFileError
 from .benches import BENCHES, STAGES, split_run_name
 
 __all__ = [
@@ -147,11 +149,17 @@ def compare_markdown(
     for a, b in pairs:
         missing = [x for x in (a, b) if x not in labels]
         if missing:
-            raise ValueError(f"no row {missing[0]!r}; rows: {sorted(labels)}")
+            raise ConfigError(
+                "--compare", f"no row {missing[0]!r}", f"name one of {sorted(labels)}"
+            )
         runs = {x: [r for r in records if row_label(r) == x] for x in (a, b)}
         bench = runs[a][0]["bench"]
         if runs[b][0]["bench"] != bench:
-            raise ValueError(f"{a!r} and {b!r} are rows of different benchmarks")
+            raise ConfigError(
+                "--compare",
+                f"{a!r} and {b!r} are rows of different benchmarks",
+                "compare rows of one benchmark",
+            )
         for m in BENCHES[bench]["metrics"]:
             va, vb = ([r["metrics"][m] for r in runs[x] if m in r["metrics"]] for x in (a, b))
             if not va and not vb:  # a metric neither row reports
@@ -232,18 +240,24 @@ def report(paths: Sequence[str], compare: Sequence[Sequence[str]] = ()) -> str:
     (:func:`statistics_markdown`)."""
     records, diagnosis = [], []
     for path in paths:
-        with open(path) as f:
-            recs = json.load(f)
+        if not os.path.isfile(path):
+            raise MissingFileError(path, "--report: no such file", "give a results.json")
+        try:
+            with open(path) as f:
+                recs = json.load(f)
+        except ValueError as e:
+            raise ConfigError(path, f"--report: not JSON ({e})", "give a results.json") from None
         if is_mimic_statistics(recs):
             diagnosis.append(f"{path}:\n\n" + statistics_markdown(recs))
             continue
         if not isinstance(recs, list) or not all(
             isinstance(r, dict) and {"bench", "stage", "metrics"} <= set(r) for r in recs
         ):
-            raise ValueError(
-                f"{path} is not a pipeline results.json (a list of records with bench, stage and "
-                "metrics) or mimic_statistics.json; other JSON files under results/ are read by "
-                "the tools that wrote them"
+            raise ConfigError(
+                path,
+                "is not a pipeline results.json (a list of records with bench, stage and "
+                "metrics) or mimic_statistics.json",
+                "other JSON files under results/ are read by the tools that wrote them",
             )
         records += recs
     benches = sorted({r["bench"] for r in records})
