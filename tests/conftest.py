@@ -20,3 +20,16 @@ def pytest_collection_modifyitems(config, items):
     time (``--maxschedchunk 1``), starts the long ones at once on both workers and fills the gaps
     with the short ones, instead of a long test starting last."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_configure(config):
+    """Two-process tests start their processes by forking from a server that imported quant_mimic
+    once (``QUANT_MIMIC_START_METHOD``), not a fresh interpreter each (~5 s of imports a process).
+    What only the spawn start method shows (the exit of a finished process) is tested with spawn
+    (tests/test_train_net.py, tests/test_user_errors.py)."""
+    import torch.multiprocessing as mp
+
+    from quant_mimic.engine import START_METHOD_ENV
+
+    os.environ[START_METHOD_ENV] = "forkserver"
+    mp.set_forkserver_preload(["quant_mimic", "tests.common"])

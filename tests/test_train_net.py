@@ -103,9 +103,17 @@ def _raise_on_rank1(tmp):
 
 
 class TestLaunch(unittest.TestCase):
+    def setUp(self):  # detectron2's start method, train_net.py's default (tests/conftest.py)
+        self._method = os.environ.pop(train_net.START_METHOD_ENV, None)
+
+    def tearDown(self):
+        if self._method is not None:
+            os.environ[train_net.START_METHOD_ENV] = self._method
+
     @pytest.mark.slow
     def test_two_process_launches_end_cleanly(self):
-        # without engine.launch's clean exit, 7 of 30 such launches died with SIGABRT on the host
+        # without engine.launch's clean exit, 7 of 30 such launches died with SIGABRT on the host;
+        # spawned, as train_net.py does (a forked process never finalizes its interpreter)
         for _ in range(6):
             with tempfile.TemporaryDirectory() as tmp:
                 train_net.launch(_gather_and_return, 2, dist_url="auto", args=(tmp,))

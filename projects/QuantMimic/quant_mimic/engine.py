@@ -15,6 +15,7 @@ the flat evaluation results to ``OUTPUT_DIR/final_metrics.json`` (e.g.
 
 import ast
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -262,6 +263,10 @@ def teacher_config_from_run(cfg: CfgNode, opts=()) -> str:
     return f"Teacher built from {run_config}, the config its weights {weights} were trained with"
 
 
+# How launch starts its processes: "spawn" (detectron2's, the default: a fresh interpreter each) or
+# "forkserver" (tests/conftest.py: children forked from a server that imported quant_mimic once).
+START_METHOD_ENV = "QUANT_MIMIC_START_METHOD"
+
 # Where a spawned process sends its standard output and error (a pipeline stage's console.txt;
 # quant_mimic.pipeline.console); unset: the terminal.
 STAGE_OUTPUT_ENV = "QUANT_MIMIC_STAGE_OUTPUT"
@@ -315,6 +320,12 @@ def launch(main_fn, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_u
     spawn_logger = logging.getLogger("torch.multiprocessing.spawn")
     level = spawn_logger.level
     spawn_logger.setLevel(logging.ERROR)
+    method = os.environ.get(START_METHOD_ENV, "spawn")
+    start_processes = torch.multiprocessing.start_processes
+    if method != "spawn":  # detectron2 spawns; the test suite forks from a preloaded server
+        torch.multiprocessing.start_processes = functools.partial(
+            start_processes, start_method=method
+        )
     try:
         return d2_launch(
             fn,
@@ -326,6 +337,7 @@ def launch(main_fn, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_u
         )
     finally:
         spawn_logger.setLevel(level)
+        torch.multiprocessing.start_processes = start_processes
 
 
 def launch_from_args(main_fn, args):
