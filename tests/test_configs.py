@@ -108,6 +108,7 @@ TRAIN_SIZES, TEST_SIZE = ((120, 149), (96, 128)), (120, 149)
 FEW_ROIS = ["MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "4", "MODEL.RPN.POST_NMS_TOPK_TEST", "8"]
 
 
+@pytest.mark.slow  # 90 configs, ~75 s in all
 @pytest.mark.parametrize("path", all_config_files(), ids=lambda f: os.path.relpath(f, CONFIG_DIR))
 def test_every_config_builds_trains_and_infers(path):
     """One test per config, so that parallel workers share them."""

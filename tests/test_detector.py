@@ -8,6 +8,7 @@ import tempfile
 import unittest
 
 import numpy as np
+import pytest
 import torch
 
 from detectron2.engine import DefaultPredictor
@@ -147,6 +148,7 @@ class TestDetector(unittest.TestCase):
 
 
 class TestNothingSurvives(unittest.TestCase):
+    @pytest.mark.slow
     def test_every_family_exports_and_runs_with_no_detection(self):
         families = [
             ("Custom/faster_rcnn_R18-1-16_C4_scratch.yaml", []),
@@ -212,6 +214,7 @@ class TestOperatingPoint(unittest.TestCase):
 
 
 class TestInt8(unittest.TestCase):
+    @pytest.mark.slow
     def test_openvino_int8_ir_carries_the_contract_and_runs(self):
         try:
             import nncf  # noqa: F401

@@ -134,6 +134,7 @@ class TestExportRoundTrip(unittest.TestCase):
         self.assertFalse(rewrite_vgg_first_block(build_model_no_weights(get_config(FRCNN))))
         self.assertFalse(StudentInference(model, fold_bn=False, space_to_depth=True).space_to_depth)
 
+    @pytest.mark.slow
     def test_fpn_and_cascade_students(self):
         # multi-level RoI pooling (levels assigned per box) and three cascade stages: same contract
         for config in (FPN, CASCADE):

@@ -173,6 +173,7 @@ class TestOneStageStudents(unittest.TestCase):
 
 
 class TestOneStageExport(unittest.TestCase):
+    @pytest.mark.slow
     def test_onnx_parity_with_detections(self):
         for config in (RETINA_QM, FCOS_SCRATCH):
             with self.subTest(config=config), tempfile.TemporaryDirectory() as tmp:

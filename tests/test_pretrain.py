@@ -144,6 +144,7 @@ class TestPretrain(unittest.TestCase):
             self.assertIn("build_quantized_backbone", err)
             self.assertFalse(os.path.exists(os.path.join(out, "backbone.pth")))
 
+    @pytest.mark.slow
     def test_unreadable_image_is_named_or_skipped_and_counted(self):
         with tempfile.TemporaryDirectory() as d:
             data, out = self._copy_data(d), os.path.join(d, "out")

@@ -70,6 +70,7 @@ class TestCodec(unittest.TestCase):
 
 
 class TestCachedTraining(unittest.TestCase):
+    @pytest.mark.slow
     def test_same_loss_mimic_with_and_without_cache(self):
         for config, exact in ((QM, True), (LI, False)):
             with self.subTest(config=config), tempfile.TemporaryDirectory() as tmp:
@@ -207,6 +208,7 @@ class TestCachedTraining(unittest.TestCase):
 
 
 class TestCacheTeacherTool(unittest.TestCase):
+    @pytest.mark.slow
     def test_prefill_command_line(self):
         import subprocess
         import sys

@@ -33,6 +33,7 @@ def _run_cli(main, argv):
 
 
 class TestTools(unittest.TestCase):
+    @pytest.mark.slow
     def test_export_student_loads_strictly_into_plain_student(self):
         mimic = build_model_no_weights(get_config("WIDERFace/rfcn_VGG-1-32_quant_mimic.yaml"))
         with tempfile.TemporaryDirectory() as d:
