@@ -13,6 +13,7 @@
 import glob
 import logging
 import os
+import zipfile
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -26,6 +27,7 @@ from .fileio import atomic_torch_save, atomic_write_text
 
 __all__ = [
     "check_weights_file",
+    "checkpoint_file_problem",
     "ADAPTER_PREFIX",
     "load_checkpoint_strict",
     "load_student_weights",
@@ -112,6 +114,22 @@ def load_checkpoint_strict(
             f"{what} {path} does not match {model_name}: " + ", ".join(problems),
             "give the weights trained with this config, or the config they were trained with",
         )
+
+
+def checkpoint_file_problem(local: str) -> Optional[str]:
+    """
+    Why the file ``local`` cannot be a checkpoint, from its structure alone (nothing is
+    unpickled, so checking a large teacher costs nothing): it must be a zip archive with an intact
+    end record (``torch.save``) or a pickle stream (``.pkl`` weights, legacy ``torch.save``).
+    None when it can be one; a file damaged inside is still found by the load.
+    """
+    if zipfile.is_zipfile(local):
+        return None
+    with open(local, "rb") as f:
+        head = f.read(1)
+    if head == b"\x80":  # a pickle's PROTO opcode
+        return None
+    return "empty" if not head else "neither a torch zip archive nor a pickle (or truncated)"
 
 
 def check_weights_file(path: str, what: str = "MODEL.WEIGHTS") -> str:

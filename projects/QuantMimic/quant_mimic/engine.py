@@ -19,7 +19,6 @@ import functools
 import json
 import logging
 import os
-import pickle
 import sys
 
 import torch
@@ -41,14 +40,19 @@ from detectron2.modeling import build_model
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from .checkpoint import SafeCheckpointer, check_weights_file, load_student_weights
+from .checkpoint import (
+    SafeCheckpointer,
+    check_weights_file,
+    checkpoint_file_problem,
+    load_student_weights,
+)
 from .collapse_guard import CollapseGuard
 from .config import TEACHER_CONFIG_KEY, add_quantmimic_config, validate_quantmimic_config
 from .data import NamedErrorDatasetMapper
 from .data.data_file import apply_data_file, check_num_classes, data_opts
 from .errors import BadFileError, ConfigError, MissingFileError, UserError, WorkerUserError
 from .evaluation import VOCDetectionEvaluator, WiderFaceEvaluator
-from .fileio import CONFIGS_DIR, atomic_write_text
+from .fileio import CONFIGS_DIR, atomic_write_text, redirect_output
 from .stride_calibration import apply_stride_calibration
 from .teacher import (
     build_teacher_cfg,
@@ -198,19 +202,13 @@ def check_inputs(cfg: CfgNode, eval_only: bool = False, resume: bool = False) ->
     for key, path in weights:
         if not path or "://" in path:
             continue
-        local = check_weights_file(path, key)
-        try:
-            if local.endswith(".pkl"):  # Detectron / Caffe2 / pycls weights, as detectron2 reads
-                with open(local, "rb") as f:
-                    pickle.load(f, encoding="latin1")
-            else:
-                torch.load(local, map_location="cpu", weights_only=False)
-        except Exception as e:  # torch/pickle raise many types for a file that is not one
+        problem = checkpoint_file_problem(check_weights_file(path, key))
+        if problem:
             raise BadFileError(
                 path,
-                f"{key} is not a readable checkpoint ({type(e).__name__}: {e})",
+                f"{key} is not a readable checkpoint ({problem})",
                 "give a .pth or .pkl checkpoint that detectron2 wrote",
-            ) from e
+            )
 
 
 @contextlib.contextmanager
@@ -291,11 +289,7 @@ class _WorkerExit:
 
     def __call__(self, *args):
         output = os.environ.get(STAGE_OUTPUT_ENV)  # a quiet pipeline stage: its file
-        with contextlib.ExitStack() as stack:
-            if output:
-                f = stack.enter_context(open(output, "a", buffering=1))
-                stack.enter_context(contextlib.redirect_stdout(f))
-                stack.enter_context(contextlib.redirect_stderr(f))
+        with redirect_output(output) if output else contextlib.nullcontext():
             try:
                 self.main_fn(*args)  # detectron2's launch ignores what it returns when spawned
             except UserError as e:  # to the parent, which prints its line once

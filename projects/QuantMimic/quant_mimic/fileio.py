@@ -15,6 +15,7 @@ import tempfile
 from typing import Iterable, Iterator, Union
 
 __all__ = [
+    "redirect_output",
     "REPO_ROOT",
     "CONFIGS_DIR",
     "atomic_output",
@@ -92,3 +93,13 @@ def file_sha256(path: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def redirect_output(path: str) -> Iterator[None]:
+    """Python's standard output and error (prints, logging handlers made meanwhile, warnings)
+    appended to ``path`` for the block (its folder made if needed)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "a", buffering=1) as f:
+        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            yield

@@ -73,11 +73,10 @@ def _argparse_errors_are_user_errors(prog: str):
 
 def run_cli(
     main: Callable[[List[str]], Optional[int]], argv: Optional[Sequence[str]] = None
-) -> int:  # noqa: E501
+) -> int:
     """
     Run ``main(argv)`` as a command and return its exit code: the int ``main`` returns (anything
-    else = 0), 2
-    after a user error (its line on stderr); a bug propagates (its traceback, exit code 1).
+    else: 0), 2 after a user error (its line on stderr); a bug propagates (its traceback, exit 1).
 
     Args:
         main: the entry point; takes the arguments without the program name.

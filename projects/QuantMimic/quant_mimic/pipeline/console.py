@@ -13,21 +13,9 @@ import sys
 from typing import Optional, TextIO
 
 from ..engine import STAGE_OUTPUT_ENV  # a spawned worker of a quiet stage writes there
+from ..fileio import redirect_output
 
-__all__ = ["Console", "redirect_to"]
-
-
-@contextlib.contextmanager
-def redirect_to(path: Optional[str]):
-    """Python's standard output and error (prints, logging handlers made meanwhile, warnings)
-    appended to ``path`` for the block; nothing changes when ``path`` is None."""
-    if path is None:
-        yield
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "a", buffering=1) as f:
-        with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-            yield
+__all__ = ["Console"]
 
 
 class Console:
@@ -56,7 +44,7 @@ class Console:
         before = os.environ.get(STAGE_OUTPUT_ENV)
         os.environ[STAGE_OUTPUT_ENV] = path
         try:
-            with redirect_to(path):
+            with redirect_output(path):
                 yield
         finally:
             if before is None:

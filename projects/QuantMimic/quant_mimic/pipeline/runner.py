@@ -312,19 +312,17 @@ def run(args, train: Optional[Callable] = None) -> List[Dict]:
         stages = plan_data_stages(args.stages)
         n = train_images(data_file)
         schedule = epochs_to_iterations(bench, preset, n, args.opts)  # epochs -> MAX_ITER
-        check_stage_configs(args, bench, preset, out, stages, data_file)
-        for line in schedule:
-            console.say(f"Schedule {line}")
-        os.makedirs(out, exist_ok=True)
     else:
         # Every stage (this process and any worker it spawns) reads the data under DIR/datasets.
         os.environ["DETECTRON2_DATASETS"] = os.path.join(out, "datasets")
         from ..data import register_all_quantmimic_datasets
 
         register_all_quantmimic_datasets(os.environ["DETECTRON2_DATASETS"], replace=True)
-        stages = plan_stages(args.stages, data_root(bench, out))
-        check_stage_configs(args, bench, preset, out, stages, "")
-        os.makedirs(out, exist_ok=True)
+        stages, schedule = plan_stages(args.stages, data_root(bench, out)), []
+    check_stage_configs(args, bench, preset, out, stages, data_file)
+    for line in schedule:
+        console.say(f"Schedule {line}")
+    os.makedirs(out, exist_ok=True)
     pipeline_output = os.path.join(out, "console.txt")  # what the steps between stages print
     args.init = student_init(getattr(args, "init", None), preset, args.stages)
     backbone = os.path.join(pretrain_dir(out), "backbone.pth")
