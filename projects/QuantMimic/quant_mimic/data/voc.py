@@ -94,7 +94,7 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
             with PathManager.open(anno_file) as f:
                 tree = ET.parse(f)
         except ET.ParseError as e:
-            raise DataError(f"{anno_file}", f"malformed xml ({e})", DATA_FIX) from None
+            raise DataError(anno_file, f"malformed xml ({e})", DATA_FIX) from None
         if tree.getroot().tag != "annotation":
             raise DataError(
                 anno_file,
@@ -157,7 +157,7 @@ def load_voc_instances(dirname: str, split: str, class_names: Sequence[str]) -> 
 def _text(node, path: str, anno_file: str, index: int) -> str:
     found = node.find(path)
     if found is None or found.text is None or not found.text.strip():
-        raise DataError(f"{anno_file}", f"object {index} has no <{path}>", DATA_FIX)
+        raise DataError(anno_file, f"object {index} has no <{path}>", DATA_FIX)
     return found.text.strip()
 
 
@@ -193,9 +193,9 @@ def _int_field(tree, path: str, anno_file: str) -> int:
     try:
         value = int(found.text)
     except (AttributeError, TypeError, ValueError):
-        raise DataError(f"{anno_file}", f"missing or non-integer {path[2:]}", DATA_FIX) from None
+        raise DataError(anno_file, f"missing or non-integer {path[2:]}", DATA_FIX) from None
     if value <= 0:
-        raise DataError(f"{anno_file}", f"{path[2:]} must be positive, got {value}", DATA_FIX)
+        raise DataError(anno_file, f"{path[2:]} must be positive, got {value}", DATA_FIX)
     return value
 
 
